@@ -1,0 +1,120 @@
+"""Every tunable of a node, in one frozen object (no magic numbers elsewhere).
+
+Defaults follow the Dynamo paper and Riak where they have one: N=3, R=2, W=2, Q=256
+partitions, clocks pruned past 10 entries. `validate()` is the single place that decides
+whether a combination is acceptable; `main` and tests build configs through it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal
+
+from .errors import InvalidRequest
+
+Durability = Literal["sync", "wal"]
+
+DEFAULT_PARTITIONS = 256
+DEFAULT_N = 3
+DEFAULT_R = 2
+DEFAULT_W = 2
+KIB = 1024
+MIB = 1024 * KIB
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    """Settings of one node. Cluster-wide values (partitions, n, r, w) must agree on
+    every node; the ring carries `partitions`, so a joining node adopts the cluster's."""
+
+    data_dir: str
+    host: str = "127.0.0.1"
+    port: int = 7070
+    #: node-to-node framed protocol port; 0 means port + PEER_PORT_OFFSET
+    peer_port: int = 0
+    #: host other nodes and clients use to reach this one; "" means `host`
+    advertise: str = ""
+    #: stable node id; "" means: the one saved in the data dir, else HOST:PORT
+    node_id: str = ""
+    seeds: tuple[str, ...] = ()
+
+    partitions: int = DEFAULT_PARTITIONS
+    n: int = DEFAULT_N
+    r: int = DEFAULT_R
+    w: int = DEFAULT_W
+    #: last-write-wins instead of siblings (the paper's session-store mode)
+    lww: bool = False
+
+    key_max_bytes: int = KIB
+    value_max_bytes: int = MIB
+
+    #: "sync": acknowledge a write only after its WAL is fsynced (group commit, off the
+    #: event loop). "wal": acknowledge once it is in the WAL (survives a process crash);
+    #: the WAL is fsynced every `fsync_interval_s`, so a machine crash can lose that much.
+    durability: Durability = "wal"
+    fsync_interval_s: float = 1.0
+
+    clock_max_entries: int = 10
+    #: never prune a clock entry younger than this: replicas converge long before
+    clock_prune_min_age_s: float = 86400.0
+
+    request_timeout_ms: int = 3000
+    peer_connect_timeout_s: float = 1.0
+    read_repair: bool = True
+    hinted_handoff: bool = True
+    hint_delivery_interval_s: float = 0.5
+    hint_batch: int = 256
+
+    gossip_interval_s: float = 1.0
+    #: a peer not heard from (directly or by gossip) for this long is reported down
+    failure_timeout_s: float = 3.5
+    anti_entropy_interval_s: float = 60.0
+    transfer_batch_keys: int = 500
+    transfer_batch_pause_s: float = 0.0
+    tombstone_grace_s: float = 0.0
+
+    #: tokens; "" disables auth. cluster_token guards admin and internal calls and is
+    #: also accepted on client calls; client_token only on client calls.
+    client_token: str = ""
+    cluster_token: str = ""
+    max_concurrent_requests: int = 1024
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def effective_peer_port(self) -> int:
+        return self.peer_port or self.port + PEER_PORT_OFFSET
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def replace(self, **changes: object) -> NodeConfig:
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    def validate(self) -> None:
+        if not 0 < self.port < 65536:
+            raise InvalidRequest(f"port {self.port} out of range")
+        if self.peer_port == 0 and self.port + PEER_PORT_OFFSET > 65535:
+            raise InvalidRequest("port too high for the default peer port; set peer_port")
+        if self.partitions < 1 or self.partitions & (self.partitions - 1):
+            raise InvalidRequest(f"partitions must be a power of two, got {self.partitions}")
+        if self.partitions > 1 << 16:
+            raise InvalidRequest("at most 65536 partitions")
+        if not 1 <= self.n <= 16:
+            raise InvalidRequest(f"n must be in 1..16, got {self.n}")
+        if not (1 <= self.r <= self.n and 1 <= self.w <= self.n):
+            raise InvalidRequest(f"need 1 <= r, w <= n (n={self.n}, r={self.r}, w={self.w})")
+        if self.durability not in ("sync", "wal"):
+            raise InvalidRequest(f"durability must be 'sync' or 'wal', got {self.durability}")
+        if self.key_max_bytes < 1 or self.value_max_bytes < 0:
+            raise InvalidRequest("key and value limits must be positive")
+        if self.clock_max_entries < 1:
+            raise InvalidRequest("clock_max_entries must be >= 1")
+        if self.request_timeout_ms < 1:
+            raise InvalidRequest("request_timeout_ms must be >= 1")
+
+
+PEER_PORT_OFFSET = 10000

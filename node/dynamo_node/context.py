@@ -1,0 +1,64 @@
+"""The opaque causal context handed to clients (pure).
+
+Wire form: base64url (no padding) of  b"\\x01" + msgpack(flat clock) + mac[8], where mac is a
+truncated HMAC-SHA256 over the version byte and the clock. The key is the cluster token
+when one is configured (a context is then only valid within its cluster), else a fixed
+key that still catches corruption. Anything that does not decode and verify is an
+`InvalidContext` (HTTP 400), never a crash.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+
+import msgpack
+
+from .codec import CodecError, clock_from_wire, clock_to_wire
+from .errors import InvalidContext
+from .vclock import VClock
+
+VERSION = b"\x01"
+MAC_BYTES = 8
+DEFAULT_KEY = b"dynamokv-context-v1"
+MAX_CONTEXT_CHARS = 16 * 1024
+
+
+class ContextCodec:
+    def __init__(self, secret: str = "") -> None:
+        self._key = secret.encode() if secret else DEFAULT_KEY
+
+    def _mac(self, payload: bytes) -> bytes:
+        return hmac.new(self._key, payload, hashlib.sha256).digest()[:MAC_BYTES]
+
+    def encode(self, clock: VClock) -> str:
+        payload = VERSION + msgpack.packb(
+            [clock_to_wire(clock), clock.pruned], use_bin_type=True
+        )
+        return base64.urlsafe_b64encode(payload + self._mac(payload)).rstrip(b"=").decode()
+
+    def decode(self, text: str | None) -> VClock:
+        """An absent or empty context is the empty clock (the put supersedes nothing)."""
+        if text is None or not text.strip():
+            return VClock()
+        text = text.strip()
+        if len(text) > MAX_CONTEXT_CHARS:
+            raise InvalidContext("context too long")
+        try:
+            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        except (binascii.Error, ValueError):
+            raise InvalidContext("context is not base64url") from None
+        if len(raw) <= len(VERSION) + MAC_BYTES or raw[:1] != VERSION:
+            raise InvalidContext("context has an unknown version or is truncated")
+        payload, mac = raw[:-MAC_BYTES], raw[-MAC_BYTES:]
+        if not hmac.compare_digest(mac, self._mac(payload)):
+            raise InvalidContext("context failed verification (tampered or foreign)")
+        try:
+            flat, pruned = msgpack.unpackb(payload[1:], raw=False)
+            return clock_from_wire(flat, bool(pruned))
+        except (CodecError, ValueError, TypeError) as exc:
+            raise InvalidContext(f"context is malformed: {exc}") from None
+        except Exception as exc:  # msgpack's own exception types
+            raise InvalidContext(f"context is malformed: {exc}") from None

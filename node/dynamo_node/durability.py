@@ -1,0 +1,106 @@
+"""When a write counts as durable: group commit of the write-ahead log.
+
+Writes are applied to RocksDB on the event loop (visible at once, WAL written, no fsync).
+`GroupCommit.barrier()` then decides when the write may be acknowledged:
+
+- mode "sync": after an fsync of the WAL that covers it. One background task runs the
+  fsyncs in a thread; every write issued before an fsync starts is covered by it, so
+  many concurrent writes share one fsync (group commit) and the loop never blocks.
+- mode "wal": immediately (the WAL survives a process crash such as kill -9); the WAL
+  is fsynced every `interval` seconds, so a machine crash loses at most that window on
+  this replica (Cassandra's "periodic" commitlog mode).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from .storage import Storage
+
+log = logging.getLogger("dynamo.durability")
+
+
+class GroupCommit:
+    def __init__(self, storage: Storage, mode: str, interval_s: float) -> None:
+        self._storage = storage
+        self.mode = mode
+        self._interval = interval_s
+        self._issued = 0
+        self._synced = 0
+        self._wake = asyncio.Event()
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._task: asyncio.Task[None] | None = None
+        self.fsyncs = 0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="group-commit")
+
+    def issued(self) -> None:
+        """Record that a write was applied (call right after Storage.write)."""
+        self._issued += 1
+        if self.mode == "sync":
+            self._wake.set()
+
+    async def barrier(self) -> None:
+        """Return when every write issued so far is as durable as the mode promises."""
+        if self.mode != "sync":
+            return
+        target = self._issued
+        if self._synced >= target:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((target, fut))
+        self._wake.set()
+        await fut
+
+    async def _run(self) -> None:
+        while True:
+            if self.mode == "sync":
+                await self._wake.wait()
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self._interval)
+            self._wake.clear()
+            if self._issued == self._synced:
+                continue
+            target = self._issued
+            try:
+                await asyncio.to_thread(self._storage.sync_wal)
+            except Exception as exc:
+                log.exception("WAL fsync failed")
+                self._fail(exc)
+                continue
+            self.fsyncs += 1
+            self._synced = target
+            self._release()
+
+    def _release(self) -> None:
+        still: list[tuple[int, asyncio.Future[None]]] = []
+        for target, fut in self._waiters:
+            if target <= self._synced:
+                if not fut.done():
+                    fut.set_result(None)
+            else:
+                still.append((target, fut))
+        self._waiters = still
+        if still:
+            self._wake.set()
+
+    def _fail(self, exc: Exception) -> None:
+        for _, fut in self._waiters:
+            if not fut.done():
+                fut.set_exception(exc)
+        self._waiters = []
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._issued != self._synced:
+            await asyncio.to_thread(self._storage.sync_wal)
+            self._synced = self._issued
+        self._release()

@@ -1,0 +1,174 @@
+"""`dynamo-node`: run one node until SIGTERM/SIGINT (then flush and close RocksDB)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from dataclasses import fields
+from typing import Any
+
+from aiohttp import web
+
+from .config import NodeConfig
+from .errors import DynamoError
+from .metrics import Metrics
+from .node import Node
+from .storage_rocks import RocksStorage
+from .web import build_app
+
+log = logging.getLogger("dynamo.main")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="dynamo-node", description="Run one dynamokv node.")
+    p.add_argument("--data-dir", required=True, help="RocksDB directory of this node")
+    p.add_argument("--port", type=int, required=True, help="HTTP port (client + admin API)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--peer-port", type=int, default=0, help="node-to-node port (default PORT+10000)")
+    p.add_argument("--advertise", default="", help="host others use to reach this node")
+    p.add_argument("--node-id", default="", help="stable node id (default: saved, else HOST:PORT)")
+    p.add_argument("--seed", action="append", default=[], metavar="HOST:PORT",
+                   help="a node of the cluster to join by gossip (repeatable)")
+    p.add_argument("--config", help="JSON file of settings (NodeConfig field names)")
+    p.add_argument("--partitions", type=int, help="Q for a new cluster (power of two)")
+    p.add_argument("--n", type=int, help="replicas per key")
+    p.add_argument("--r", type=int, help="default read quorum")
+    p.add_argument("--w", type=int, help="default write quorum")
+    p.add_argument("--durability", choices=["sync", "wal"], help="when a write is acknowledged")
+    p.add_argument("--lww", action="store_true", default=None, help="last-write-wins mode")
+    p.add_argument("--no-hinted-handoff", dest="hinted_handoff", action="store_false", default=None)
+    p.add_argument("--client-token-file", help="file holding the client token")
+    p.add_argument("--cluster-token-file", help="file holding the cluster (admin/internal) token")
+    p.add_argument("--log-level", default=os.environ.get("DYNAMO_LOG_LEVEL", "INFO"))
+    return p.parse_args(argv)
+
+
+def _read_token(path: str | None, env: str) -> str | None:
+    if path:
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip()
+    value = os.environ.get(env)
+    return value.strip() if value else None
+
+
+def build_config(args: argparse.Namespace) -> NodeConfig:
+    settings: dict[str, Any] = {}
+    if args.config:
+        with open(args.config, encoding="utf-8") as f:
+            loaded = json.load(f)
+        if not isinstance(loaded, dict):
+            raise DynamoError(f"{args.config}: expected a JSON object")
+        known = {f.name for f in fields(NodeConfig)}
+        unknown = set(loaded) - known
+        if unknown:
+            raise DynamoError(f"{args.config}: unknown settings {sorted(unknown)}")
+        settings.update(loaded)
+    for name in ("partitions", "n", "r", "w", "durability", "lww", "hinted_handoff"):
+        value = getattr(args, name)
+        if value is not None:
+            settings[name] = value
+    if "seeds" in settings:
+        settings["seeds"] = tuple(settings["seeds"])
+    client = _read_token(args.client_token_file, "DYNAMO_CLIENT_TOKEN")
+    cluster = _read_token(args.cluster_token_file, "DYNAMO_CLUSTER_TOKEN")
+    if client is not None:
+        settings["client_token"] = client
+    if cluster is not None:
+        settings["cluster_token"] = cluster
+    settings.update(
+        data_dir=args.data_dir,
+        port=args.port,
+        host=args.host,
+        peer_port=args.peer_port,
+        advertise=args.advertise,
+        node_id=args.node_id,
+        seeds=tuple(args.seed) or tuple(settings.get("seeds", ())),
+    )
+    return NodeConfig(**settings)
+
+
+async def serve(config: NodeConfig) -> None:
+    storage = RocksStorage(config.data_dir)
+    node = Node(config, storage)
+    metrics = Metrics()
+    install_metrics(node, metrics)
+    app = build_app(node, metrics)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await node.start()
+        await runner.setup()
+        site = web.TCPSite(runner, config.host, config.port, reuse_address=True)
+        await site.start()
+        log.info(
+            "dynamo-node %s ready on http://%s (peer port %d, data %s, durability %s)",
+            node.node_id,
+            config.address,
+            config.effective_peer_port,
+            config.data_dir,
+            config.durability,
+        )
+        await stop.wait()
+        log.info("stopping")
+    finally:
+        await runner.cleanup()
+        await node.stop()
+        log.info("stopped cleanly")
+
+
+def install_metrics(node: Node, metrics: Metrics) -> None:
+    def gauges() -> dict[str, float]:
+        state = node.state
+        up = 0
+        if state is not None:
+            up = sum(1 for m in state.members.values() if node.member_state(m) == "up")
+        return {
+            "hints_pending": node.hints.pending,
+            "storage_bytes": node.storage.approximate_size(),
+            "ring_version": state.version if state else 0,
+            "members_up": up,
+            "transfers_in_progress": len(node.transfers),
+        }
+
+    def counters() -> dict[str, float]:
+        c = node.coordinator.stats
+        extra = getattr(node, "ae_counters", lambda: {})()
+        return {
+            "read_repairs_total": c.read_repairs,
+            "quorum_failures_total": c.quorum_failures,
+            "hints_stored_total": node.hints.stats.stored,
+            "hints_delivered_total": node.hints.stats.delivered,
+            "fsyncs_total": node.commit_log.fsyncs,
+            "clock_prune_suspects_total": node.replica.stats.prune_suspects,
+            **extra,
+        }
+
+    metrics.add_live(gauges, counters)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        config = build_config(args)
+    except (DynamoError, OSError, ValueError, TypeError) as exc:
+        print(f"dynamo-node: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    try:
+        import uvloop  # noqa: F401  # optional speed-up when installed
+    except ImportError:
+        asyncio.run(serve(config))
+    else:
+        uvloop.run(serve(config))

@@ -1,0 +1,300 @@
+"""Cluster membership and ring state, as gossiped between nodes (pure).
+
+`ClusterState` is what every node converges on:
+- `members`: every node known to the cluster with its addresses and status
+  (`joining`: known, owns nothing; `valid`: in the ring; `leaving`: its partitions are
+  moving away; `left`: owns nothing any more, may be stopped). Each record carries a
+  generation; the higher generation wins a merge.
+- `ring`: the ring as of the last committed plan, `next`: the ring that plan moves to,
+  and `done`: the (partition, receiving node) transfers already completed. A partition
+  switches to `next`'s preference list only when every node that gains it has received
+  it (ownership switches after the transfer, never before).
+- `epoch` + `claimant` identify the plan; a higher plan wins a merge, equal plans merge
+  `done` by union. `version` (= ring.version + len(done)) grows with every change.
+
+Merging (`merge`) is commutative, associative and idempotent, so gossip in any order
+converges. Staging (`plan`) and committing (`commit`) are pure functions too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from .ring import Ring, claim
+
+STATUSES = ("joining", "valid", "leaving", "left")
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    node: str
+    address: str  # HTTP HOST:PORT (client + admin API)
+    peer: str  # HOST:PORT of the node-to-node protocol
+    status: str = "joining"
+    gen: int = 0
+
+    def to_wire(self) -> list[Any]:
+        return [self.node, self.address, self.peer, self.status, self.gen]
+
+    @classmethod
+    def from_wire(cls, raw: Any) -> Member:
+        node, address, peer, status, gen = raw
+        if status not in STATUSES:
+            raise ValueError(f"unknown member status {status!r}")
+        return cls(str(node), str(address), str(peer), str(status), int(gen))
+
+
+def _member_rank(m: Member) -> tuple[int, int, str, str]:
+    return (m.gen, STATUSES.index(m.status), m.address, m.peer)
+
+
+@dataclass(frozen=True, slots=True)
+class Transfer:
+    partition: int
+    source: str
+    target: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterState:
+    cluster: str
+    n: int
+    ring: Ring
+    members: Mapping[str, Member] = field(default_factory=dict)
+    next: Ring | None = None
+    done: frozenset[tuple[int, str]] = frozenset()
+    epoch: int = 0
+    claimant: str = ""
+
+    # --- construction ----------------------------------------------------------------
+    @classmethod
+    def founding(cls, cluster: str, me: Member, partitions: int, n: int) -> ClusterState:
+        member = replace(me, status="valid", gen=1)
+        return cls(cluster, n, Ring.single(me.node, partitions), {me.node: member})
+
+    # --- queries -----------------------------------------------------------------------
+    @property
+    def version(self) -> int:
+        return self.ring.version + len(self.done)
+
+    @property
+    def partitions(self) -> int:
+        return self.ring.partitions
+
+    def plan_id(self) -> tuple[int, str]:
+        return (self.epoch, self.claimant)
+
+    def transfers(self) -> list[Transfer]:
+        """Every transfer the committed plan implies (done or not)."""
+        if self.next is None:
+            return []
+        return plan_transfers(self.ring, self.next, self.n)
+
+    def pending_transfers(self) -> list[Transfer]:
+        return [t for t in self.transfers() if (t.partition, t.target) not in self.done]
+
+    def switched(self, p: int) -> bool:
+        """Has partition p moved to the next ring's preference list?"""
+        if self.next is None:
+            return False
+        old, new = self.ring.preference_list(p, self.n), self.next.preference_list(p, self.n)
+        return all((p, node) in self.done for node in new if node not in old)
+
+    def effective_ring(self, p: int) -> Ring:
+        return self.next if self.next is not None and self.switched(p) else self.ring
+
+    def preference_list(self, p: int) -> list[str]:
+        return self.effective_ring(p).preference_list(p, self.n)
+
+    def walk(self, p: int) -> list[str]:
+        return self.effective_ring(p).walk(p)
+
+    def owner(self, p: int) -> str:
+        return self.effective_ring(p).owner(p)
+
+    def gaining(self, p: int) -> list[str]:
+        """Nodes that will replicate p after the switch but do not yet: writes go to
+        them too while the transfer runs."""
+        if self.next is None or self.switched(p):
+            return []
+        old = self.ring.preference_list(p, self.n)
+        return [node for node in self.next.preference_list(p, self.n) if node not in old]
+
+    def replicas_of(self, node: str) -> list[int]:
+        return [p for p in range(self.partitions) if node in self.preference_list(p)]
+
+    def owned_by(self, node: str) -> list[int]:
+        return [p for p in range(self.partitions) if self.owner(p) == node]
+
+    def in_transition(self) -> bool:
+        return self.next is not None and not all(
+            self.switched(p) for p in range(self.partitions)
+        )
+
+    def ring_nodes(self) -> list[str]:
+        nodes = set(self.ring.nodes())
+        if self.next is not None:
+            nodes |= set(self.next.nodes())
+        return sorted(nodes)
+
+    # --- changes -----------------------------------------------------------------------
+    def with_member(self, member: Member) -> ClusterState:
+        members = dict(self.members)
+        old = members.get(member.node)
+        gen = (old.gen + 1) if old else max(member.gen, 1)
+        members[member.node] = replace(member, gen=gen)
+        return replace(self, members=members)
+
+    def with_done(self, partition: int, target: str) -> ClusterState:
+        return replace(self, done=self.done | {(partition, target)})
+
+    def settle(self) -> ClusterState:
+        """Once every partition switched: make `next` the ring; members that left the
+        ring become `left`. Deterministic, so every node settles to the same state."""
+        if self.next is None or self.in_transition():
+            return self
+        new_ring = self.next.with_version(self.version)
+        members = dict(self.members)
+        for node, m in self.members.items():
+            if m.status == "leaving" and node not in new_ring.nodes():
+                members[node] = replace(m, status="left", gen=m.gen + 1)
+        return replace(self, ring=new_ring, next=None, done=frozenset(), members=members)
+
+    # --- merge -------------------------------------------------------------------------
+    def merge(self, other: ClusterState) -> ClusterState:
+        if other.cluster != self.cluster:
+            raise ValueError("states of different clusters do not merge")
+        members = dict(self.members)
+        for node, theirs in other.members.items():
+            mine = members.get(node)
+            if mine is None or _member_rank(theirs) > _member_rank(mine):
+                members[node] = theirs
+        mine_key = (self.ring.version, self.plan_id())
+        theirs_key = (other.ring.version, other.plan_id())
+        if theirs_key > mine_key:
+            base = other
+        elif theirs_key < mine_key:
+            base = self
+        else:
+            base = replace(self, done=self.done | other.done)
+        return replace(base, members=members).settle()
+
+    # --- wire ----------------------------------------------------------------------------
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "cluster": self.cluster,
+            "n": self.n,
+            "ring": self.ring.to_dict(),
+            "next": self.next.to_dict() if self.next is not None else None,
+            "done": sorted([p, t] for p, t in self.done),
+            "epoch": self.epoch,
+            "claimant": self.claimant,
+            "members": [m.to_wire() for m in sorted(self.members.values(), key=lambda m: m.node)],
+        }
+
+    @classmethod
+    def from_wire(cls, raw: Any) -> ClusterState:
+        if not isinstance(raw, dict):
+            raise ValueError("cluster state must be a mapping")
+        try:
+            nxt = raw.get("next")
+            return cls(
+                cluster=str(raw["cluster"]),
+                n=int(raw["n"]),
+                ring=Ring.from_dict(raw["ring"]),
+                members={m.node: m for m in (Member.from_wire(x) for x in raw["members"])},
+                next=Ring.from_dict(nxt) if nxt is not None else None,
+                done=frozenset((int(p), str(t)) for p, t in raw["done"]),
+                epoch=int(raw["epoch"]),
+                claimant=str(raw["claimant"]),
+            )
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"malformed cluster state: {exc}") from None
+
+
+def plan_transfers(old: Ring, new: Ring, n: int) -> list[Transfer]:
+    """For every partition, each node in the new preference list but not in the old one
+    receives the partition from a node of the old list (preferably one losing it)."""
+    out: list[Transfer] = []
+    for p in range(old.partitions):
+        before, after = old.preference_list(p, n), new.preference_list(p, n)
+        losing = [node for node in before if node not in after]
+        for target in after:
+            if target in before:
+                continue
+            source = losing.pop(0) if losing else before[0]
+            out.append(Transfer(p, source, target))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """A staged change: the ring it leads to and the transfers it implies."""
+
+    joins: tuple[str, ...]
+    leaves: tuple[str, ...]
+    ring: Ring
+    transfers: tuple[Transfer, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        moves: dict[str, int] = {}
+        for t in self.transfers:
+            moves[t.target] = moves.get(t.target, 0) + 1
+        return {
+            "joins": list(self.joins),
+            "leaves": list(self.leaves),
+            "ring_version": self.ring.version,
+            "nodes": list(self.ring.nodes()),
+            "ownership": {node: len(self.ring.owned_by(node)) for node in self.ring.nodes()},
+            "transfers": [
+                {"partition": t.partition, "from": t.source, "to": t.target}
+                for t in self.transfers
+            ],
+            "partitions_received": moves,
+        }
+
+
+class PlanError(ValueError):
+    pass
+
+
+def plan(state: ClusterState, joins: Sequence[str], leaves: Sequence[str]) -> Plan:
+    if state.in_transition() or state.next is not None:
+        raise PlanError("a committed change is still transferring; wait for it to finish")
+    current = list(state.ring.nodes())
+    for node in joins:
+        if node not in state.members:
+            raise PlanError(f"unknown node {node!r}")
+    for node in leaves:
+        if node not in current:
+            raise PlanError(f"node {node!r} owns nothing and cannot leave")
+    nodes = [x for x in current if x not in leaves] + [x for x in joins if x not in current]
+    if not nodes:
+        raise PlanError("a plan cannot remove every node")
+    ring = claim(state.ring, nodes)
+    return Plan(tuple(joins), tuple(leaves), ring, tuple(plan_transfers(state.ring, ring, state.n)))
+
+
+def commit(state: ClusterState, staged: Plan, claimant: str) -> ClusterState:
+    """The committed state: members updated, transfers begin (or none are needed)."""
+    new = state
+    for node in staged.joins:
+        new = new.with_member(replace(new.members[node], status="valid"))
+    for node in staged.leaves:
+        new = new.with_member(replace(new.members[node], status="leaving"))
+    new = replace(
+        new,
+        ring=state.ring.with_version(state.version + 1),
+        next=staged.ring,
+        done=frozenset(),
+        epoch=state.epoch + 1,
+        claimant=claimant,
+    )
+    return new.settle()
+
+
+def members_in(state: ClusterState, statuses: Iterable[str]) -> list[Member]:
+    wanted = set(statuses)
+    return sorted((m for m in state.members.values() if m.status in wanted), key=lambda m: m.node)

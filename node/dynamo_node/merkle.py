@@ -1,0 +1,314 @@
+"""Merkle trees for anti-entropy, one per partition replica (pure; Riak AAE style).
+
+This module owns the hash-tree *state* and the *pure* exchange algorithm that finds the
+differing segments of two trees; moving hashes between nodes, scanning keys and repairing
+them belong to the sync layer (Garage keeps `merkle.rs` apart from `sync.rs` the same way).
+
+Shape: `segments` leaves (buckets), grouped `fanout` at a time into parents, level by
+level, until one root. Both numbers are powers of two, so every level has
+`segments / fanout**k` nodes and only the root may have fewer than `fanout` children
+(1024 segments, fanout 16: levels of 1, 4, 64 and 1024 nodes). Level 0 is the root, the
+leaves are level `level_count - 1`; node `i` of a level has the children
+`range(i * fanout, ...)` on the next level. Two trees can be compared only if they have
+the same shape (`shape`); the sync protocol must agree on it before descending.
+
+Contents: the tree mirrors a mapping khash -> digest without storing it. A key belongs to
+segment `segment_of(khash)` = blake2b(khash) mod segments: the storage key begins with the
+partition's hash bits, which all keys of a partition share, so those bytes cannot spread
+the keys. A leaf is the XOR of H(len(khash) || khash || digest) over the keys of its
+segment, so inserting, removing or updating a key costs O(1) hashing on the leaf.
+
+Invariants:
+- The root depends only on the set of (khash, digest) pairs, never on the order of
+  updates; `update(k, a, b)` is `remove(k, a)` followed by `insert(k, b)`.
+- An empty subtree hashes to `EMPTY_HASH` (16 zero bytes), so every empty tree has the
+  root `EMPTY_HASH` whatever its shape; an inner node is otherwise H(its children).
+- Inner nodes are recomputed lazily: an update marks its leaf's ancestors dirty (a dirty
+  node's ancestors are always dirty too, so marking stops at the first dirty one), and any
+  read (`root`, `hashes`) first recomputes the dirty nodes bottom-up: O(dirty), not O(all).
+- The caller keeps the tree in step with the store: insert only absent keys, remove only
+  present (khash, digest) pairs. XOR cannot see a duplicate insert; a per-segment key count
+  catches the misuse that empties a segment to a non-empty hash (ValueError, tree unchanged).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from hashlib import blake2b
+from typing import Protocol
+
+HASH_SIZE = 16
+EMPTY_HASH = bytes(HASH_SIZE)
+DEFAULT_SEGMENTS = 1024
+DEFAULT_FANOUT = 16
+#: a leaf costs ~60 bytes of memory; a node holds one tree per partition replica
+MAX_SEGMENTS = 1 << 20
+
+_SEGMENT_PERSON = b"dynamokv.seg"
+_LEAF_PERSON = b"dynamokv.leaf"
+_NODE_PERSON = b"dynamokv.node"
+
+
+def _is_power_of_two(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
+
+
+def _key_hash(khash: bytes, digest: bytes) -> int:
+    # The length prefix keeps (khash, digest) pairs unambiguous when they are concatenated.
+    data = len(khash).to_bytes(4, "big") + khash + digest
+    return int.from_bytes(blake2b(data, digest_size=HASH_SIZE, person=_LEAF_PERSON).digest())
+
+
+def _node_hash(children: bytes) -> bytes:
+    if not children.strip(b"\x00"):
+        return EMPTY_HASH
+    return blake2b(children, digest_size=HASH_SIZE, person=_NODE_PERSON).digest()
+
+
+class MerkleTree:
+    """The hash tree of one partition replica; see the module docstring."""
+
+    __slots__ = ("_counts", "_dirty", "_fanout", "_inner", "_leaves", "_segments", "_sizes")
+
+    def __init__(self, segments: int = DEFAULT_SEGMENTS, fanout: int = DEFAULT_FANOUT) -> None:
+        if not _is_power_of_two(segments) or segments > MAX_SEGMENTS:
+            raise ValueError(f"segments must be a power of two <= {MAX_SEGMENTS}: {segments}")
+        if not _is_power_of_two(fanout) or fanout < 2:
+            raise ValueError(f"fanout must be a power of two >= 2: {fanout}")
+        self._segments = segments
+        self._fanout = fanout
+        sizes = [segments]
+        while sizes[-1] > 1:
+            sizes.append(max(1, sizes[-1] // fanout))
+        sizes.reverse()
+        self._sizes = sizes  # nodes per level, root first
+        self._leaves = [0] * segments  # leaf hashes as ints: XOR without copying bytes
+        self._counts = [0] * segments
+        self._inner = [[EMPTY_HASH] * n for n in sizes[:-1]]
+        self._dirty: list[set[int]] = [set() for _ in sizes[:-1]]
+
+    @classmethod
+    def build(
+        cls,
+        items: Iterable[tuple[bytes, bytes]],
+        segments: int = DEFAULT_SEGMENTS,
+        fanout: int = DEFAULT_FANOUT,
+    ) -> MerkleTree:
+        """A tree of (khash, digest) pairs with distinct khashes (e.g. a store scan)."""
+        tree = cls(segments, fanout)
+        leaves, counts, segment_of = tree._leaves, tree._counts, tree.segment_of
+        for khash, digest in items:
+            seg = segment_of(khash)
+            leaves[seg] ^= _key_hash(khash, digest)
+            counts[seg] += 1
+        tree._dirty = [set(range(n)) for n in tree._sizes[:-1]]
+        return tree
+
+    # --- shape -------------------------------------------------------------------
+    @property
+    def segments(self) -> int:
+        return self._segments
+
+    @property
+    def fanout(self) -> int:
+        return self._fanout
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(segments, fanout): what two replicas must agree on before comparing."""
+        return self._segments, self._fanout
+
+    @property
+    def level_count(self) -> int:
+        return len(self._sizes)
+
+    @property
+    def leaf_level(self) -> int:
+        return len(self._sizes) - 1
+
+    def level_size(self, level: int) -> int:
+        self._check_level(level)
+        return self._sizes[level]
+
+    def children(self, level: int, index: int) -> range:
+        """The indices, on level + 1, of the children of node `index` (empty for a leaf)."""
+        self._check_level(level)
+        if not 0 <= index < self._sizes[level]:
+            raise IndexError(f"node {index} out of range on level {level}")
+        if level == self.leaf_level:
+            return range(0)
+        start = index * self._fanout
+        return range(start, min(start + self._fanout, self._sizes[level + 1]))
+
+    def segment_of(self, khash: bytes) -> int:
+        """The leaf that covers `khash`; depends on `segments` only, not on the digest."""
+        h = blake2b(khash, digest_size=8, person=_SEGMENT_PERSON).digest()
+        return int.from_bytes(h) & (self._segments - 1)
+
+    # --- contents ------------------------------------------------------------------
+    def insert(self, khash: bytes, digest: bytes) -> None:
+        self.update(khash, None, digest)
+
+    def remove(self, khash: bytes, digest: bytes) -> None:
+        self.update(khash, digest, None)
+
+    def update(self, khash: bytes, old_digest: bytes | None, new_digest: bytes | None) -> None:
+        """Replace (khash, old_digest) by (khash, new_digest); None means absent."""
+        if old_digest == new_digest:
+            return
+        seg = self.segment_of(khash)
+        leaf, count = self._leaves[seg], self._counts[seg]
+        if old_digest is not None:
+            leaf ^= _key_hash(khash, old_digest)
+            count -= 1
+        if new_digest is not None:
+            leaf ^= _key_hash(khash, new_digest)
+            count += 1
+        if count < 0 or (count == 0 and leaf != 0):
+            raise ValueError(f"segment {seg} is out of step with the store: removed an absent key")
+        self._leaves[seg], self._counts[seg] = leaf, count
+        index = seg
+        for level in range(self.leaf_level - 1, -1, -1):
+            index //= self._fanout
+            dirty = self._dirty[level]
+            if index in dirty:
+                break  # its ancestors are dirty already
+            dirty.add(index)
+
+    def __len__(self) -> int:
+        return sum(self._counts)
+
+    def segment_size(self, segment: int) -> int:
+        """How many keys the tree counts in `segment`."""
+        return self._counts[segment]
+
+    @property
+    def dirty_nodes(self) -> int:
+        """Inner nodes whose hash the next read recomputes."""
+        return sum(len(d) for d in self._dirty)
+
+    # --- hashes --------------------------------------------------------------------
+    def root(self) -> bytes:
+        return self.hashes(0, (0,))[0]
+
+    def hashes(self, level: int, indices: Sequence[int]) -> list[bytes]:
+        """The hashes of the nodes `indices` of `level` (level 0 = the root)."""
+        self._check_level(level)
+        self._refresh()
+        size = self._sizes[level]
+        if any(not 0 <= i < size for i in indices):
+            raise IndexError(f"node index out of range on level {level} (size {size})")
+        if level == self.leaf_level:
+            return [self._leaves[i].to_bytes(HASH_SIZE) for i in indices]
+        nodes = self._inner[level]
+        return [nodes[i] for i in indices]
+
+    def _refresh(self) -> None:
+        leaf_level = self.leaf_level
+        for level in range(leaf_level - 1, -1, -1):
+            dirty = self._dirty[level]
+            if not dirty:
+                continue
+            nodes, below, fanout = self._inner[level], self._sizes[level + 1], self._fanout
+            for index in dirty:
+                lo, hi = index * fanout, min((index + 1) * fanout, below)
+                if level + 1 == leaf_level:
+                    joined = b"".join(v.to_bytes(HASH_SIZE) for v in self._leaves[lo:hi])
+                else:
+                    joined = b"".join(self._inner[level + 1][lo:hi])
+                nodes[index] = _node_hash(joined)
+            dirty.clear()
+
+    def _check_level(self, level: int) -> None:
+        if not 0 <= level < len(self._sizes):
+            raise IndexError(f"level {level} out of range (0..{len(self._sizes) - 1})")
+
+    def __repr__(self) -> str:
+        return f"MerkleTree(segments={self._segments}, fanout={self._fanout}, keys={len(self)})"
+
+
+# --- exchange ------------------------------------------------------------------------
+class HashSource(Protocol):
+    """Where the other replica's hashes come from (a tree, or a peer behind a call)."""
+
+    def hashes(self, level: int, indices: Sequence[int]) -> list[bytes]: ...
+
+
+class AsyncHashSource(Protocol):
+    async def hashes(self, level: int, indices: Sequence[int]) -> list[bytes]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ExchangeStats:
+    """What a comparison cost: remote calls made and hashes received from the remote."""
+
+    calls: int
+    hashes_transferred: int
+
+
+class _Descent:
+    """The exchange as a state machine, shared by the sync and async drivers: ask for
+    `indices` of `level`, `feed` the remote's answer, repeat until `done`."""
+
+    def __init__(self, local: MerkleTree) -> None:
+        self.local = local
+        self.level = 0
+        self.indices: list[int] = [0]
+        self.done = False
+        self.differing: list[int] = []
+        self.calls = 0
+        self.transferred = 0
+
+    def feed(self, remote: list[bytes]) -> None:
+        if len(remote) != len(self.indices):
+            raise ValueError(f"remote sent {len(remote)} hashes for {len(self.indices)} nodes")
+        self.calls += 1
+        self.transferred += len(remote)
+        mine = self.local.hashes(self.level, self.indices)
+        differing = [i for i, a, b in zip(self.indices, mine, remote, strict=True) if a != b]
+        if not differing or self.level == self.local.leaf_level:
+            self.done, self.differing = True, differing
+            return
+        self.indices = [c for i in differing for c in self.local.children(self.level, i)]
+        self.level += 1
+
+    def result(self) -> tuple[list[int], ExchangeStats]:
+        return self.differing, ExchangeStats(self.calls, self.transferred)
+
+
+def diff_segments(local: MerkleTree, remote: HashSource) -> tuple[list[int], ExchangeStats]:
+    """The leaf segments where `remote` differs from `local`, in ascending order.
+
+    Compares the roots, then only the children of differing nodes, one batched call per
+    level: at most 1 + (level_count - 1) * d * fanout hashes for d differing keys. Both
+    trees must have the same shape. If either side changes meanwhile, the result may miss
+    or include a change made during the exchange; the next round settles it.
+    """
+    descent = _Descent(local)
+    while not descent.done:
+        descent.feed(remote.hashes(descent.level, descent.indices))
+    return descent.result()
+
+
+async def adiff_segments(
+    local: MerkleTree, remote: AsyncHashSource
+) -> tuple[list[int], ExchangeStats]:
+    """`diff_segments` against a remote that answers asynchronously."""
+    descent = _Descent(local)
+    while not descent.done:
+        descent.feed(await remote.hashes(descent.level, descent.indices))
+    return descent.result()
+
+
+def diff_keys(
+    local: Mapping[bytes, bytes], remote: Mapping[bytes, bytes]
+) -> tuple[list[bytes], list[bytes], list[bytes]]:
+    """Compare the khash -> digest maps of differing segments on both sides.
+
+    Returns sorted (only_local, only_remote, differing) khashes.
+    """
+    only_local = sorted(k for k in local if k not in remote)
+    only_remote = sorted(k for k in remote if k not in local)
+    differing = sorted(k for k, d in local.items() if k in remote and remote[k] != d)
+    return only_local, only_remote, differing

@@ -1,0 +1,354 @@
+"""The ring: hashing keys to Q equal partitions, partition ownership, placement (pure).
+
+Owns Dynamo's partitioning strategy 3 (as riak_core's `chash` + `riak_core_claim`):
+the 64-bit hash space is cut into Q equal partitions (Q a power of two, fixed at cluster
+creation) and a versioned `Ring` maps every partition to the node that owns it.
+
+- `key_hash` / `partition_of` / `partition_range`: key -> hash -> partition.
+- `Ring`: who owns what; preference lists and the full fallback walk of a partition.
+- `claim`: placement. Given the old ring and the new member list, the next ring.
+- `transfers`: the partition moves between two rings (what handoff must stream).
+- `sloppy_targets`: the sloppy-quorum replica set of a partition *given* liveness
+  (riak_core_apl's `get_apl_ann`); liveness is an argument, never looked up here.
+
+Invariants:
+- `len(ring.owners) == ring.partitions`, a power of two >= 1; every owner is a non-empty
+  str. A ring is immutable; a change is a new ring with a higher version.
+- `partition_of(h, Q)` ranges over exactly [0, Q); `partition_range` tiles [0, 2**64).
+- A preference list holds distinct physical nodes, starts with the partition's owner and
+  is a prefix of `walk(p)`.
+- `claim` is deterministic and balanced (per-node counts differ by at most one), and moves
+  the fewest partitions any balanced ring could: a surviving node gives partitions away
+  only if it holds more than its share, and only nodes below their share receive.
+- `sloppy_targets` never names a node that is not up, and every hint names a down primary.
+
+No I/O, no clock, no randomness: ties are broken by partition id, then node id.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Container, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+HASH_BITS = 64
+HASH_SPACE = 1 << HASH_BITS
+#: placement tries to keep a node's partitions at least this far apart, so that the
+#: owners of any SPREAD + 1 consecutive partitions differ (preference lists of N=3 hit
+#: three nodes in three consecutive partitions, as riak_core's target_n_val).
+SPREAD = 2
+
+
+def key_hash(key: bytes) -> int:
+    """The stable 64-bit hash of a key (BLAKE2b, 8-byte digest, big-endian)."""
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big")
+
+
+def _check_partitions(partitions: int) -> int:
+    """Return log2(partitions); ValueError unless it is a power of two >= 1."""
+    if (
+        not isinstance(partitions, int)
+        or isinstance(partitions, bool)
+        or partitions < 1
+        or partitions & (partitions - 1)
+    ):
+        raise ValueError(f"partitions must be a power of two >= 1, got {partitions!r}")
+    bits = partitions.bit_length() - 1
+    if bits > HASH_BITS:
+        raise ValueError(f"partitions must be at most 2**{HASH_BITS}, got {partitions}")
+    return bits
+
+
+def partition_of(h: int, partitions: int) -> int:
+    """The partition holding 64-bit hash `h`: its top log2(Q) bits."""
+    bits = _check_partitions(partitions)
+    if not 0 <= h < HASH_SPACE:
+        raise ValueError(f"hash out of range: {h}")
+    return h >> (HASH_BITS - bits)
+
+
+def partition_range(p: int, partitions: int) -> tuple[int, int]:
+    """[start, end) of the hashes in partition `p`; `end` of the last one is 2**64."""
+    bits = _check_partitions(partitions)
+    if not 0 <= p < partitions:
+        raise ValueError(f"partition {p} out of range [0, {partitions})")
+    width = 1 << (HASH_BITS - bits)
+    return p * width, (p + 1) * width
+
+
+@dataclass(frozen=True)
+class Ring:
+    """Versioned ownership: `owners[p]` is the node id owning partition p."""
+
+    version: int
+    owners: tuple[str, ...]
+    _nodes: tuple[str, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.version, int) or isinstance(self.version, bool):
+            raise ValueError(f"ring version must be an int, got {self.version!r}")
+        if self.version < 0:
+            raise ValueError(f"ring version must be >= 0, got {self.version}")
+        if isinstance(self.owners, str):
+            raise ValueError("ring owners must be a sequence of node ids, not a str")
+        owners = tuple(self.owners)
+        _check_partitions(len(owners))
+        for owner in owners:
+            if not isinstance(owner, str) or not owner:
+                raise ValueError(f"every owner must be a non-empty str, got {owner!r}")
+        object.__setattr__(self, "owners", owners)
+        object.__setattr__(self, "_nodes", tuple(sorted(set(owners))))
+
+    @classmethod
+    def single(cls, node: str, partitions: int) -> Ring:
+        """A cluster of one: version 1, `node` owns every partition."""
+        _check_partitions(partitions)
+        return cls(1, (node,) * partitions)
+
+    @property
+    def partitions(self) -> int:
+        """Q, the number of partitions."""
+        return len(self.owners)
+
+    def nodes(self) -> tuple[str, ...]:
+        """The distinct owners, sorted."""
+        return self._nodes
+
+    def owner(self, p: int) -> str:
+        """The node owning partition `p`."""
+        self._check_partition(p)
+        return self.owners[p]
+
+    def owned_by(self, node: str) -> list[int]:
+        """The partitions `node` owns, ascending."""
+        return [p for p, owner in enumerate(self.owners) if owner == node]
+
+    def preference_list(self, p: int, n: int) -> list[str]:
+        """The N primaries of partition `p`: its owner, then the owners of p+1, p+2, ...
+        (wrapping) skipping nodes already chosen; fewer when the ring has fewer nodes."""
+        if n < 0:
+            raise ValueError(f"n must be >= 0, got {n}")
+        chosen: list[str] = []
+        if n == 0:
+            return chosen
+        for node in self._walk(p):
+            chosen.append(node)
+            if len(chosen) == n:
+                break
+        return chosen
+
+    def walk(self, p: int) -> list[str]:
+        """Every node, in preference order from `p`: the preference list, then fallbacks."""
+        return list(self._walk(p))
+
+    def to_dict(self) -> dict[str, object]:
+        """A JSON-able form: {"version": V, "partitions": Q, "owners": [...]}."""
+        return {"version": self.version, "partitions": self.partitions, "owners": list(self.owners)}
+
+    @classmethod
+    def from_dict(cls, d: object) -> Ring:
+        """Parse `to_dict` output (unknown keys are ignored); ValueError on bad input."""
+        if not isinstance(d, Mapping):
+            raise ValueError(f"a ring must be a mapping, got {type(d).__name__}")
+        missing = {"version", "partitions", "owners"} - set(d)
+        if missing:
+            raise ValueError(f"ring is missing {sorted(missing)}")
+        version, partitions, owners = d["version"], d["partitions"], d["owners"]
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise ValueError(f"ring version must be an int, got {version!r}")
+        if not isinstance(partitions, int) or isinstance(partitions, bool):
+            raise ValueError(f"ring partitions must be an int, got {partitions!r}")
+        if not isinstance(owners, list | tuple):
+            raise ValueError(f"ring owners must be a list, got {type(owners).__name__}")
+        if len(owners) != partitions:
+            raise ValueError(f"ring has {len(owners)} owners for {partitions} partitions")
+        return cls(version, tuple(owners))
+
+    def with_version(self, v: int) -> Ring:
+        """The same ownership under version `v`."""
+        return dataclasses.replace(self, version=v)
+
+    def _check_partition(self, p: int) -> None:
+        if not 0 <= p < len(self.owners):
+            raise ValueError(f"partition {p} out of range [0, {len(self.owners)})")
+
+    def _walk(self, p: int) -> Iterator[str]:
+        """Distinct owners of p, p+1, ... (wrapping), each yielded at its first sighting."""
+        self._check_partition(p)
+        q = len(self.owners)
+        total = len(self._nodes)
+        seen: set[str] = set()
+        for i in range(q):
+            node = self.owners[(p + i) % q]
+            if node not in seen:
+                seen.add(node)
+                yield node
+                if len(seen) == total:
+                    return
+
+
+def _member_list(nodes: Sequence[str]) -> list[str]:
+    if isinstance(nodes, str):
+        raise ValueError("nodes must be a sequence of node ids, not a str")
+    members = list(nodes)
+    if not members:
+        raise ValueError("a ring needs at least one node")
+    for node in members:
+        if not isinstance(node, str) or not node:
+            raise ValueError(f"every node id must be a non-empty str, got {node!r}")
+    if len(set(members)) != len(members):
+        dupes = sorted({m for m in members if members.count(m) > 1})
+        raise ValueError(f"duplicate node ids: {dupes}")
+    return members
+
+
+def _targets(counts: Mapping[str, int], q: int) -> dict[str, int]:
+    """Each member's fair share: Q // S, plus one for the Q % S members that already
+    hold the most (ties: node id). Favouring current holders maximises what stays put."""
+    ranked = sorted(counts, key=lambda m: (-counts[m], m))
+    base, extra = divmod(q, len(ranked))
+    return {m: base + (1 if i < extra else 0) for i, m in enumerate(ranked)}
+
+
+def _near(owners: Sequence[str | None], p: int, node: str | None) -> int:
+    """How many of the partitions within SPREAD of `p` (either side) `node` owns."""
+    q = len(owners)
+    hits = 0
+    for d in range(1, SPREAD + 1):
+        if d % q:
+            hits += (owners[(p + d) % q] == node) + (owners[(p - d) % q] == node)
+    return hits
+
+
+def claim(ring: Ring, nodes: Sequence[str]) -> Ring:
+    """The next ring (version + 1) owned by exactly `nodes` (S members).
+
+    Balanced: every member ends with Q // S or Q // S + 1 partitions (when S > Q, Q of
+    them own one partition each and the rest none). Minimal movement: partitions of
+    departed nodes, and the surplus of members above their share, are the only ones that
+    move, and only to members below their share. Spreading is best-effort within that:
+    a receiver prefers a partition with none of its own within SPREAD positions, and
+    among those one whose current owner has a neighbour of its own (fixing a clump);
+    further ties go to the lowest partition id. Each step the neediest receiver (ties:
+    node id) with a perfect choice takes it, so receivers interleave around the ring; if
+    none has one, the neediest takes its least bad.
+    """
+    members = _member_list(nodes)
+    q = ring.partitions
+    member_set = set(members)
+    owners: list[str | None] = [o if o in member_set else None for o in ring.owners]
+    counts = dict.fromkeys(members, 0)
+    for o in owners:
+        if o is not None:
+            counts[o] += 1
+    targets = _targets(counts, q)
+    excess = {m: counts[m] - targets[m] for m in members if counts[m] > targets[m]}
+    deficit = {m: targets[m] - counts[m] for m in members if counts[m] < targets[m]}
+    # While claiming, a receiver's own partitions only grow, donors' clumps and surpluses
+    # only shrink, so a partition once rejected for a receiver stays rejected: each scan
+    # resumes where it stopped (an optimisation; the result is as if scanned from 0).
+    perfect_from = dict.fromkeys(deficit, 0)
+    good_from = dict.fromkeys(deficit, 0)
+    while deficit:
+        ranked = sorted(deficit, key=lambda m: (-deficit[m], m))
+        for receiver in ranked:
+            p = _perfect(owners, receiver, excess, perfect_from)
+            if p is not None:
+                break
+        else:
+            receiver = ranked[0]
+            p = _best(owners, receiver, excess, good_from)
+        donor = owners[p]
+        if donor is not None:
+            excess[donor] -= 1
+            if not excess[donor]:
+                del excess[donor]
+        owners[p] = receiver
+        deficit[receiver] -= 1
+        if not deficit[receiver]:
+            del deficit[receiver]
+    final = tuple(o for o in owners if o is not None)
+    assert len(final) == q, "claim left a partition unowned"
+    return Ring(ring.version + 1, final)
+
+
+def _perfect(
+    owners: Sequence[str | None],
+    receiver: str,
+    excess: Mapping[str, int],
+    cursor: dict[str, int],
+) -> int | None:
+    """The lowest perfect partition for `receiver`: movable (an orphan, or held by a
+    member with surplus whose own neighbour it is, so moving it unclumps the donor) and
+    with none of the receiver's partitions within SPREAD. Advances its cursor."""
+    for p in range(cursor[receiver], len(owners)):
+        donor = owners[p]
+        movable = donor is None or (donor in excess and _near(owners, p, donor) > 0)
+        if movable and not _near(owners, p, receiver):
+            cursor[receiver] = p + 1
+            return p
+    cursor[receiver] = len(owners)
+    return None
+
+
+def _best(
+    owners: Sequence[str | None],
+    receiver: str,
+    excess: Mapping[str, int],
+    cursor: dict[str, int],
+) -> int:
+    """The least bad movable partition for `receiver` when no perfect one is left, by
+    (its own partitions within SPREAD, 0 if it is an orphan or unclumps its donor else 1,
+    partition id). The first movable one with none of the receiver's own near it is the
+    answer (nothing scores better), so that scan resumes at its cursor too."""
+    q = len(owners)
+    for p in range(cursor[receiver], q):
+        donor = owners[p]
+        if (donor is None or donor in excess) and not _near(owners, p, receiver):
+            cursor[receiver] = p + 1
+            return p
+    cursor[receiver] = q
+    best: tuple[int, int, int] | None = None
+    for p, donor in enumerate(owners):
+        if donor is not None and donor not in excess:
+            continue
+        tidy = 0 if donor is None or _near(owners, p, donor) else 1
+        score = (_near(owners, p, receiver), tidy, p)
+        if best is None or score < best:
+            best = score
+    assert best is not None, "claim ran out of partitions to move"
+    return best[2]
+
+
+def transfers(old: Ring, new: Ring) -> list[tuple[int, str, str]]:
+    """(partition, from_node, to_node) for every partition whose owner changes."""
+    if old.partitions != new.partitions:
+        raise ValueError(f"partition counts differ: {old.partitions} != {new.partitions}")
+    return [
+        (p, before, after)
+        for p, (before, after) in enumerate(zip(old.owners, new.owners, strict=True))
+        if before != after
+    ]
+
+
+def sloppy_targets(ring: Ring, p: int, n: int, up: Container[str]) -> list[tuple[str, str | None]]:
+    """Where the N replicas of partition `p` go now, given which nodes are `up`.
+
+    For each primary in preference order: `(primary, None)` if it is up, else
+    `(fallback, primary)` with the next up node of `walk(p)` beyond the primaries that is
+    not yet chosen (the hint names the primary it stands in for); a down primary with no
+    fallback left is omitted. At most N targets, all distinct and up.
+    """
+    primaries = ring.preference_list(p, n)
+    order = ring.walk(p)
+    fallbacks = iter(node for node in order[len(primaries) :] if node in up)
+    targets: list[tuple[str, str | None]] = []
+    for primary in primaries:
+        if primary in up:
+            targets.append((primary, None))
+            continue
+        fallback = next(fallbacks, None)
+        if fallback is not None:
+            targets.append((fallback, primary))
+    return targets

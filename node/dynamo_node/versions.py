@@ -1,0 +1,158 @@
+"""Sibling sets with dotted version vectors: what one stored object is (pure).
+
+An `Object` is the set of concurrent versions (`Sibling`s) of one key. Each sibling has
+a unique `dot` (the write event that created it) and the causal `past` the writer had
+seen (the client's context). Sibling `s` is obsolete when another sibling's past covers
+`s.dot`, or when a put's context covers it.
+
+Operations and their algebra (property-tested in tests/node/test_versions.py):
+- `update(obj, context, dot, ...)`: a put. It removes exactly the siblings whose dots the
+  context covers and adds one new sibling; with an empty context it removes nothing.
+- `sync(a, b)`: replica merge. Commutative, associative, idempotent; the result keeps
+  every sibling not obsoleted by another one (no acknowledged write is dropped).
+- Tombstones are siblings with `value is None`; `visible()` hides them next to live
+  siblings.
+- Last-write-wins mode keeps only the newest sibling by (timestamp, dot).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from .vclock import Dot, VClock, join
+
+
+@dataclass(frozen=True, slots=True)
+class Sibling:
+    dot: Dot
+    past: VClock
+    value: bytes | None
+    content_type: str
+    timestamp_ms: int
+
+    @property
+    def tombstone(self) -> bool:
+        return self.value is None
+
+    def clock(self) -> VClock:
+        return self.past.add(self.dot, self.timestamp_ms)
+
+
+def _rank(s: Sibling) -> tuple[int, str, int, bytes, str]:
+    return (s.timestamp_ms, s.dot.actor, s.dot.counter, s.value or b"", s.content_type)
+
+
+@dataclass(frozen=True, slots=True)
+class Object:
+    """All current versions of one key, ordered by dot (a canonical form)."""
+
+    siblings: tuple[Sibling, ...] = ()
+
+    @classmethod
+    def of(cls, siblings: Iterable[Sibling]) -> Object:
+        by_dot: dict[Dot, Sibling] = {}
+        for s in siblings:
+            seen = by_dot.get(s.dot)
+            # a dot is unique cluster-wide; if two copies ever differ pick one
+            # deterministically so that merging stays commutative
+            if seen is None or _rank(s) > _rank(seen):
+                by_dot[s.dot] = s
+        return cls(tuple(by_dot[d] for d in sorted(by_dot)))
+
+    @property
+    def empty(self) -> bool:
+        return not self.siblings
+
+    def context(self) -> VClock:
+        """One clock covering every sibling: a put with it resolves them all."""
+        return join(s.clock() for s in self.siblings)
+
+    def visible(self) -> tuple[Sibling, ...]:
+        """Live siblings; tombstones are shown only when nothing else is left (as 404)."""
+        return tuple(s for s in self.siblings if not s.tombstone)
+
+    def all_tombstones(self) -> bool:
+        return bool(self.siblings) and all(s.tombstone for s in self.siblings)
+
+    def max_timestamp(self) -> int:
+        return max((s.timestamp_ms for s in self.siblings), default=0)
+
+
+@dataclass(frozen=True, slots=True)
+class SyncResult:
+    obj: Object
+    #: siblings kept only because a pruned clock no longer names their actor: they may
+    #: be ancestors resurrected by pruning. Surfaced (metric + log), never dropped.
+    prune_suspects: int = 0
+
+
+def _obsolete(s: Sibling, others: Iterable[Sibling]) -> bool:
+    return any(t.dot != s.dot and t.past.covers(s.dot) for t in others)
+
+
+def _lww(siblings: Iterable[Sibling]) -> tuple[Sibling, ...]:
+    best = max(siblings, key=_rank, default=None)
+    return () if best is None else (best,)
+
+
+def sync(a: Object, b: Object, *, lww: bool = False) -> SyncResult:
+    """Merge two replicas' versions of the same key."""
+    union = Object.of(a.siblings + b.siblings).siblings
+    if lww:
+        return SyncResult(Object(_lww(union)))
+    kept = tuple(s for s in union if not _obsolete(s, union))
+    suspects = sum(
+        1
+        for s in kept
+        for t in kept
+        if t is not s
+        and t.past.pruned
+        and t.past.counter(s.dot.actor) == 0
+        and s.timestamp_ms <= t.timestamp_ms
+    )
+    return SyncResult(Object(kept), suspects)
+
+
+def sync_all(objects: Iterable[Object], *, lww: bool = False) -> SyncResult:
+    out = Object()
+    suspects = 0
+    for obj in objects:
+        res = sync(out, obj, lww=lww)
+        out, suspects = res.obj, max(suspects, res.prune_suspects)
+    return SyncResult(out, suspects)
+
+
+def next_counter(obj: Object, context: VClock, actor: str, floor: int = 0) -> int:
+    """A fresh counter for `actor`: above anything this key or the context has seen,
+    and above `floor` (the node's persistent, monotonic event counter)."""
+    return max(obj.context().counter(actor), context.counter(actor), floor) + 1
+
+
+def update(
+    obj: Object,
+    context: VClock,
+    dot: Dot,
+    value: bytes | None,
+    content_type: str,
+    now_ms: int,
+    *,
+    lww: bool = False,
+    max_entries: int = 10,
+    prune_min_age_ms: int = 86_400_000,
+) -> Object:
+    """Apply a put (or a delete when `value is None`) coordinated as `dot`.
+
+    The new sibling supersedes exactly the siblings the context covers."""
+    if lww:
+        # the session-store mode: the newest write replaces everything this replica has
+        past = obj.context().merge(context).prune(max_entries, now_ms, prune_min_age_ms)
+        return Object((Sibling(dot, past, value, content_type, now_ms),))
+    past = context.prune(max_entries, now_ms, prune_min_age_ms)
+    kept = [s for s in obj.siblings if not context.covers(s.dot)]
+    return Object.of([*kept, Sibling(dot, past, value, content_type, now_ms)])
+
+
+def is_newer_or_equal(mine: Object, theirs: Object) -> bool:
+    """True when syncing `theirs` into `mine` would change nothing."""
+    return sync(mine, theirs).obj == mine

@@ -1,0 +1,1 @@
+"""dynamokv operator: reconciles DynamoCluster resources into running, safely scaled clusters."""
