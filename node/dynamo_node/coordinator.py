@@ -45,6 +45,10 @@ class Placement:
     targets: tuple[tuple[str, str | None], ...]
     #: nodes receiving the partition in a transfer: they get writes too
     pending: tuple[str, ...] = ()
+    #: further live nodes of the walk, in order, for replicas that fail mid-request
+    fallbacks: tuple[str, ...] = ()
+    #: down replicas no live node could stand in for: the coordinator keeps their hints
+    unplaced: tuple[str, ...] = ()
 
 
 class View(Protocol):
@@ -225,12 +229,17 @@ class Coordinator:
         acked = 1
         encoded = encode_object(obj)
         others = [t for t in targets if t[0] != coordinator[0]]
+        spare = [f for f in placement.fallbacks if all(f != t[0] for t in targets)]
         tasks = {
             asyncio.ensure_future(
-                self.call(node, "merge", [skey, encoded, hint_for], timeout_ms / 1000)
-            ): (node, hint_for)
+                self._replicate(node, hint_for, skey, encoded, obj, spare, deadline)
+            ): node
             for node, hint_for in others
         }
+        if self.config.hinted_handoff:
+            for node in placement.unplaced:
+                if node != self.me:
+                    self.hints.store(skey, node, obj)
         for node in placement.pending:
             if node != coordinator[0] and all(node != t[0] for t in others):
                 self._background(self._to_pending(node, skey, encoded, obj))
@@ -242,11 +251,11 @@ class Coordinator:
             done, pending = await asyncio.wait(
                 pending, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
             )
-            acked += sum(1 for task in done if not task.cancelled() and task.exception() is None)
-        if pending:
-            # the rest keep going (they may still land) but nobody waits for them
-            for task in pending:
-                task.add_done_callback(_ignore_result)
+            acked += sum(1 for task in done if not task.cancelled() and task.result() is True)
+        for task in pending:
+            # the rest keep going (they may still land, or leave a hint) unawaited
+            self.stats.background.add(task)
+            task.add_done_callback(self.stats.background.discard)
         if acked < need:
             self.stats.quorum_failures += 1
             raise QuorumNotMet(
@@ -255,6 +264,42 @@ class Coordinator:
                 answered=acked,
             )
         return obj
+
+    async def _replicate(
+        self,
+        node: str,
+        hint_for: str | None,
+        skey: bytes,
+        encoded: bytes,
+        obj: Object,
+        spare: list[str],
+        deadline: float,
+    ) -> bool:
+        """Send a version to one target; if it fails, to the next spare fallback with a
+        hint; if none takes it, keep the hint here so the replica gets it later.
+        True when some node stands for this replica (counts toward W)."""
+        loop = asyncio.get_running_loop()
+        try:
+            await self.call(node, "merge", [skey, encoded, hint_for], max(0.001, deadline - loop.time()))
+            return True
+        except (PeerError, TimeoutError):
+            pass
+        intended = hint_for or node
+        while spare and deadline - loop.time() > 0:
+            fallback = spare.pop(0)
+            if fallback == self.me or not self.view.is_up(fallback):
+                continue
+            try:
+                await self.call(
+                    fallback, "merge", [skey, encoded, intended], max(0.001, deadline - loop.time())
+                )
+                return True
+            except (PeerError, TimeoutError):
+                continue
+        if intended != self.me and self.config.hinted_handoff:
+            self.hints.store(skey, intended, obj)
+            await self.hints.durable()
+        return False
 
     async def _to_pending(self, node: str, skey: bytes, encoded: bytes, obj: Object) -> None:
         """Double-write to a node receiving this partition; keep a hint if it misses it."""

@@ -162,13 +162,15 @@ class Node:
         if mine is not None and (mine.address, mine.peer) != (self.member.address, self.member.peer):
             # my addresses changed (e.g. a new pod IP): announce the new ones
             state = state.with_member(replace(mine, address=self.member.address, peer=self.member.peer))
+        old_plan = (self.state.epoch, self.state.next is None) if self.state else None
         self.state = state
         self.storage.write(
             [(Family.META, META_STATE, msgpack.packb(state.to_wire(), use_bin_type=True))]
         )
         self.commit_log.issued()
         if old_version != state.version:
-            log.info(
+            changed_plan = old_plan != (state.epoch, state.next is None)
+            (log.info if changed_plan else log.debug)(
                 "ring version %s -> %s (%d nodes, %s)",
                 old_version,
                 state.version,
@@ -231,6 +233,7 @@ class Node:
         p = partition_of(h, state.partitions)
         primaries = state.preference_list(p)
         targets: list[tuple[str, str | None]] = []
+        unplaced: list[str] = []
         chosen = set(primaries)
         fallbacks = [node for node in state.walk(p) if node not in chosen]
         for node in primaries:
@@ -242,7 +245,15 @@ class Node:
                 if self.is_up(candidate):
                     targets.append((candidate, node))
                     break
-        return Placement(len(primaries), tuple(targets), tuple(state.gaining(p)))
+            else:
+                unplaced.append(node)
+        return Placement(
+            len(primaries),
+            tuple(targets),
+            tuple(state.gaining(p)),
+            tuple(node for node in fallbacks if self.is_up(node)),
+            tuple(unplaced),
+        )
 
     def _resolve_peer(self, node: str) -> tuple[str, int] | None:
         if self.state is not None and node in self.state.members:
@@ -547,7 +558,9 @@ class Node:
                 return
             self.storage.write([(Family.META, cursor_key, None)])
             self.set_state(current.with_done(p, target).settle())
-            log.info("transferred partition %d to %s (%d keys)", p, target, progress.keys_done)
+            log.debug("transferred partition %d to %s (%d keys)", p, target, progress.keys_done)
+            if not self.require_state().in_transition():
+                log.info("all transfers of plan %d are complete", epoch)
             await self.push_state()
         finally:
             self.transfers.pop((p, target), None)

@@ -28,15 +28,17 @@ No I/O, no clock, no randomness: ties are broken by partition id, then node id.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 from collections.abc import Container, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 HASH_BITS = 64
 HASH_SPACE = 1 << HASH_BITS
-#: placement tries to keep a node's partitions at least this far apart, so that the
-#: owners of any SPREAD + 1 consecutive partitions differ (preference lists of N=3 hit
-#: three nodes in three consecutive partitions, as riak_core's target_n_val).
+#: placement tries to keep a node's partitions more than SPREAD apart, so that the owners
+#: of any SPREAD + 1 consecutive partitions differ (preference lists of N=3 hit three
+#: nodes in three consecutive partitions, as riak_core's target_n_val). A window of
+#: SPREAD + 1 consecutive partitions that repeats an owner is a *clump*.
 SPREAD = 2
 
 
@@ -83,7 +85,6 @@ class Ring:
 
     version: int
     owners: tuple[str, ...]
-    _nodes: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.version, int) or isinstance(self.version, bool):
@@ -98,7 +99,6 @@ class Ring:
             if not isinstance(owner, str) or not owner:
                 raise ValueError(f"every owner must be a non-empty str, got {owner!r}")
         object.__setattr__(self, "owners", owners)
-        object.__setattr__(self, "_nodes", tuple(sorted(set(owners))))
 
     @classmethod
     def single(cls, node: str, partitions: int) -> Ring:
@@ -113,7 +113,11 @@ class Ring:
 
     def nodes(self) -> tuple[str, ...]:
         """The distinct owners, sorted."""
-        return self._nodes
+        return self._distinct
+
+    @functools.cached_property
+    def _distinct(self) -> tuple[str, ...]:
+        return tuple(sorted(set(self.owners)))
 
     def owner(self, p: int) -> str:
         """The node owning partition `p`."""
@@ -177,7 +181,7 @@ class Ring:
         """Distinct owners of p, p+1, ... (wrapping), each yielded at its first sighting."""
         self._check_partition(p)
         q = len(self.owners)
-        total = len(self._nodes)
+        total = len(self._distinct)
         seen: set[str] = set()
         for i in range(q):
             node = self.owners[(p + i) % q]
@@ -211,7 +215,7 @@ def _targets(counts: Mapping[str, int], q: int) -> dict[str, int]:
     return {m: base + (1 if i < extra else 0) for i, m in enumerate(ranked)}
 
 
-def _near(owners: Sequence[str | None], p: int, node: str | None) -> int:
+def _near(owners: Sequence[str | None], p: int, node: str) -> int:
     """How many of the partitions within SPREAD of `p` (either side) `node` owns."""
     q = len(owners)
     hits = 0
@@ -221,20 +225,26 @@ def _near(owners: Sequence[str | None], p: int, node: str | None) -> int:
     return hits
 
 
-def claim(ring: Ring, nodes: Sequence[str]) -> Ring:
-    """The next ring (version + 1) owned by exactly `nodes` (S members).
+def _clumps(owners: Sequence[str]) -> int:
+    """How many windows of SPREAD + 1 consecutive partitions repeat an owner."""
+    q = len(owners)
+    width = SPREAD + 1
+    return sum(len({owners[(p + i) % q] for i in range(width)}) < width for p in range(q))
 
-    Balanced: every member ends with Q // S or Q // S + 1 partitions (when S > Q, Q of
-    them own one partition each and the rest none). Minimal movement: partitions of
-    departed nodes, and the surplus of members above their share, are the only ones that
-    move, and only to members below their share. Spreading is best-effort within that:
-    a receiver prefers a partition with none of its own within SPREAD positions, and
-    among those one whose current owner has a neighbour of its own (fixing a clump);
-    further ties go to the lowest partition id. Each step the neediest receiver (ties:
-    node id) with a perfect choice takes it, so receivers interleave around the ring; if
-    none has one, the neediest takes its least bad.
+
+def claim(ring: Ring, nodes: Sequence[str]) -> Ring:
+    """The next ring (version + 1) owned by exactly `nodes` (S members, in any order).
+
+    Balanced: every member ends with Q // S or Q // S + 1 partitions, the extra ones
+    going to the members that already hold most (ties: node id); when S > Q, Q members
+    own one partition each and the rest none. Minimal movement: only the partitions of
+    departed nodes and the surplus of members above their share move, and only to members
+    below their share, so no balanced ring moves fewer. Spreading is best-effort within
+    those quotas: two strategies fill them (`_greedy`, good at single joins and leaves;
+    `_sweep`, good at many joins at once) and the ring with fewer clumps wins (ties:
+    `_greedy`). The result depends only on `ring` and the set of `nodes`.
     """
-    members = _member_list(nodes)
+    members = sorted(_member_list(nodes))
     q = ring.partitions
     member_set = set(members)
     owners: list[str | None] = [o if o in member_set else None for o in ring.owners]
@@ -245,38 +255,56 @@ def claim(ring: Ring, nodes: Sequence[str]) -> Ring:
     targets = _targets(counts, q)
     excess = {m: counts[m] - targets[m] for m in members if counts[m] > targets[m]}
     deficit = {m: targets[m] - counts[m] for m in members if counts[m] < targets[m]}
+    plans = [_greedy(owners, excess, deficit), _sweep(owners, excess, deficit)]
+    return Ring(ring.version + 1, min(plans, key=_clumps))
+
+
+def _complete(owners: Sequence[str | None]) -> tuple[str, ...]:
+    done = tuple(o for o in owners if o is not None)
+    if len(done) != len(owners):
+        raise AssertionError("claim left a partition unowned")
+    return done
+
+
+def _greedy(
+    start: Sequence[str | None], excess: Mapping[str, int], deficit: Mapping[str, int]
+) -> tuple[str, ...]:
+    """Fill the quotas by need: each step, the neediest receiver (ties: node id) that has
+    a perfect partition left takes its lowest one; if none has, the neediest takes its
+    least bad one. Receivers interleave round the ring."""
+    owners = list(start)
+    surplus = dict(excess)
+    wanted = dict(deficit)
     # While claiming, a receiver's own partitions only grow, donors' clumps and surpluses
     # only shrink, so a partition once rejected for a receiver stays rejected: each scan
     # resumes where it stopped (an optimisation; the result is as if scanned from 0).
-    perfect_from = dict.fromkeys(deficit, 0)
-    good_from = dict.fromkeys(deficit, 0)
-    while deficit:
-        ranked = sorted(deficit, key=lambda m: (-deficit[m], m))
+    perfect_from = dict.fromkeys(wanted, 0)
+    good_from = dict.fromkeys(wanted, 0)
+    while wanted:
+        ranked = sorted(wanted, key=lambda m: (-wanted[m], m))
         for receiver in ranked:
-            p = _perfect(owners, receiver, excess, perfect_from)
+            p = _perfect(owners, receiver, surplus, perfect_from)
             if p is not None:
                 break
         else:
             receiver = ranked[0]
-            p = _best(owners, receiver, excess, good_from)
+            p = _least_bad(owners, receiver, surplus, good_from)
         donor = owners[p]
         if donor is not None:
-            excess[donor] -= 1
-            if not excess[donor]:
-                del excess[donor]
+            surplus[donor] -= 1
+            if not surplus[donor]:
+                del surplus[donor]
         owners[p] = receiver
-        deficit[receiver] -= 1
-        if not deficit[receiver]:
-            del deficit[receiver]
-    final = tuple(o for o in owners if o is not None)
-    assert len(final) == q, "claim left a partition unowned"
-    return Ring(ring.version + 1, final)
+        wanted[receiver] -= 1
+        if not wanted[receiver]:
+            del wanted[receiver]
+    return _complete(owners)
 
 
 def _perfect(
     owners: Sequence[str | None],
     receiver: str,
-    excess: Mapping[str, int],
+    surplus: Mapping[str, int],
     cursor: dict[str, int],
 ) -> int | None:
     """The lowest perfect partition for `receiver`: movable (an orphan, or held by a
@@ -284,7 +312,7 @@ def _perfect(
     with none of the receiver's partitions within SPREAD. Advances its cursor."""
     for p in range(cursor[receiver], len(owners)):
         donor = owners[p]
-        movable = donor is None or (donor in excess and _near(owners, p, donor) > 0)
+        movable = donor is None or (donor in surplus and _near(owners, p, donor) > 0)
         if movable and not _near(owners, p, receiver):
             cursor[receiver] = p + 1
             return p
@@ -292,33 +320,111 @@ def _perfect(
     return None
 
 
-def _best(
+def _least_bad(
     owners: Sequence[str | None],
     receiver: str,
-    excess: Mapping[str, int],
+    surplus: Mapping[str, int],
     cursor: dict[str, int],
 ) -> int:
-    """The least bad movable partition for `receiver` when no perfect one is left, by
-    (its own partitions within SPREAD, 0 if it is an orphan or unclumps its donor else 1,
-    partition id). The first movable one with none of the receiver's own near it is the
-    answer (nothing scores better), so that scan resumes at its cursor too."""
+    """The best movable partition for `receiver` when no perfect one is left, by (its own
+    partitions within SPREAD, 0 if an orphan or unclumping its donor else 1, partition
+    id). The first movable one with none of the receiver's own near it is the answer
+    (no perfect one is left), so that scan resumes at its cursor too."""
     q = len(owners)
     for p in range(cursor[receiver], q):
         donor = owners[p]
-        if (donor is None or donor in excess) and not _near(owners, p, receiver):
+        if (donor is None or donor in surplus) and not _near(owners, p, receiver):
             cursor[receiver] = p + 1
             return p
     cursor[receiver] = q
     best: tuple[int, int, int] | None = None
     for p, donor in enumerate(owners):
-        if donor is not None and donor not in excess:
+        if donor is not None and donor not in surplus:
             continue
         tidy = 0 if donor is None or _near(owners, p, donor) else 1
         score = (_near(owners, p, receiver), tidy, p)
         if best is None or score < best:
             best = score
-    assert best is not None, "claim ran out of partitions to move"
+    if best is None:
+        raise AssertionError("claim ran out of partitions to move")
     return best[2]
+
+
+def _sweep(
+    start: Sequence[str | None], excess: Mapping[str, int], deficit: Mapping[str, int]
+) -> tuple[str, ...]:
+    """Fill the quotas in one pass round the ring: each movable partition (an orphan, or
+    held by a member with surplus) is kept or given in turn, pacing every donor's gifts
+    and all takings evenly. The taker is a receiver with fewest of its own within SPREAD
+    (then the furthest behind its share of the gifts so far, then node id). An optional
+    gift is made if keeping would clump the donor and the taker fits, skipped if the
+    taker would clump and the donor would not, else decided by pace."""
+    q = len(start)
+    final = list(start)
+    movable = [o is None or o in excess for o in start]
+    decided = [not m for m in movable]
+    total_gifts = sum(deficit.values())
+    total_movable = sum(movable)
+    held = dict.fromkeys(excess, 0)
+    for o in start:
+        if o in held:
+            held[o] += 1
+    seen = dict.fromkeys(excess, 0)
+    gave = dict.fromkeys(excess, 0)
+    got = dict.fromkeys(deficit, 0)
+    receivers = sorted(deficit)
+    swept = moved = 0
+
+    def settled_near(p: int) -> list[str | None]:
+        # only settled neighbours count: undecided ones may still change hands
+        return [
+            final[x]
+            for d in range(1, SPREAD + 1)
+            if d % q
+            for x in ((p + d) % q, (p - d) % q)
+            if decided[x]
+        ]
+
+    def taker(p: int, close: list[str | None]) -> str:
+        # got * total - deficit * (moved + 1): how far r is behind an even share so far
+        return min(
+            (r for r in receivers if got[r] < deficit[r]),
+            key=lambda r: (close.count(r), got[r] * total_gifts - deficit[r] * (moved + 1), r),
+        )
+
+    for p in range(q):
+        if not movable[p]:
+            continue
+        swept += 1
+        donor = final[p]
+        close = settled_near(p)
+        if donor is None:
+            give = True
+        else:
+            own_left, gifts_left = held[donor] - seen[donor], excess[donor] - gave[donor]
+            if gifts_left in (0, own_left):
+                give = gifts_left > 0
+            else:
+                fits = taker(p, close) not in close
+                clumped = donor in close
+                if fits == clumped:
+                    give = fits
+                else:
+                    # behind (global pace) + behind (donor pace) >= 1, scaled to integers
+                    k, e, m = held[donor], excess[donor], total_movable
+                    global_lag = (total_gifts * swept - moved * m) * k
+                    donor_lag = (e * (seen[donor] + 1) - gave[donor] * k) * m
+                    give = global_lag + donor_lag >= m * k
+            seen[donor] += 1
+        if give:
+            receiver = taker(p, close)
+            final[p] = receiver
+            got[receiver] += 1
+            moved += 1
+            if donor is not None:
+                gave[donor] += 1
+        decided[p] = True
+    return _complete(final)
 
 
 def transfers(old: Ring, new: Ring) -> list[tuple[int, str, str]]:

@@ -1,7 +1,7 @@
 """What a real API server does with a DynamoCluster, emulated for tests (kmock does none of it).
 
-- `apply_defaults`: structural defaulting (a default is applied, then its own fields are
-  defaulted in turn, as the API server does).
+- `apply_defaults`: structural defaulting (null in a non-nullable field is pruned; a default
+  is applied, then its own fields are defaulted in turn, as the API server does).
 - `schema_errors`: the openAPIV3Schema as JSON Schema, stricter than the API server in
   one way: an unknown field is an error here where the API server would prune it
   silently (so a typo in an example fails a test instead of vanishing).
@@ -23,6 +23,9 @@ import cel
 import celpy
 import jsonschema
 import yaml
+from celpy.adapter import json_to_cel
+from celpy.celtypes import BoolType
+from celpy.evaluation import CELEvalError
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_PATH = ROOT / "crds" / "dynamoclusters.yaml"
@@ -31,7 +34,8 @@ EXAMPLES = ROOT / "crds" / "examples"
 
 def load_yaml(path: Path) -> dict[str, Any]:
     with path.open() as f:
-        return yaml.safe_load(f)
+        body: dict[str, Any] = yaml.safe_load(f)
+    return body
 
 
 @functools.cache
@@ -45,7 +49,8 @@ def crd() -> dict[str, Any]:
 
 def openapi_schema() -> dict[str, Any]:
     (version,) = crd()["spec"]["versions"]
-    return version["schema"]["openAPIV3Schema"]
+    schema: dict[str, Any] = version["schema"]["openAPIV3Schema"]
+    return schema
 
 
 def subschema(path: tuple[str, ...]) -> dict[str, Any]:
@@ -79,7 +84,9 @@ def apply_defaults(schema: dict[str, Any], value: Any) -> Any:
 def _default(schema: dict[str, Any], value: Any) -> None:
     if isinstance(value, dict):
         for key, prop in schema.get("properties", {}).items():
-            if value.get(key) is None and "default" in prop:
+            if key in value and value[key] is None and not prop.get("nullable"):
+                del value[key]  # pruned before defaulting, as the API server does
+            if key not in value and "default" in prop:
                 value[key] = copy.deepcopy(prop["default"])
             if key in value:
                 _default(prop, value[key])
@@ -206,13 +213,13 @@ def evaluate(rule: str, self_value: Any, old_value: Any = None) -> bool:
 def _eval_celpy(rule: str, variables: dict[str, Any]) -> bool:
     try:
         result = _celpy_program(rule).evaluate(
-            {name: celpy.json_to_cel(value) for name, value in variables.items()}
+            {name: json_to_cel(value) for name, value in variables.items()}
         )
-    except celpy.CELEvalError:
+    except CELEvalError:
         return False
-    if isinstance(result, celpy.CELEvalError):
+    if isinstance(result, CELEvalError):
         return False
-    assert isinstance(result, celpy.celtypes.BoolType), (rule, result)
+    assert isinstance(result, BoolType), (rule, result)
     return bool(result)
 
 

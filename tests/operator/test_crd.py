@@ -9,7 +9,9 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
-from crdcheck import (
+from jsonschema import Draft7Validator
+
+from tests.operator.crdcheck import (
     EXAMPLES,
     Rule,
     admission_errors,
@@ -24,7 +26,6 @@ from crdcheck import (
     subschema,
     to_json_schema,
 )
-from jsonschema import Draft7Validator
 
 K8S_VERSIONS = ["1.30", kubernetes_validate.latest_version()]
 
@@ -191,7 +192,7 @@ def test_rule_compiles_with_both_cel_libraries(rule: Rule) -> None:
 
 def test_bitwise_operators_do_not_compile() -> None:
     # Why the power-of-two rule is a list membership (Kubernetes CEL has no `&`).
-    with pytest.raises(Exception):  # noqa: B017, PT011 - each library raises its own
+    with pytest.raises(Exception):  # noqa: B017 - each library raises its own
         compile_rule("self & (self - 1) == 0")
 
 
@@ -237,7 +238,11 @@ RULE_CASES: dict[str, list[tuple[Any, Any, bool]]] = {
     ],
     "storage is immutable": [
         ({"size": "1Gi"}, {"size": "1Gi"}, True),
-        ({"size": "1Gi", "storageClassName": "ssd"}, {"size": "1Gi", "storageClassName": "ssd"}, True),
+        (
+            {"size": "1Gi", "storageClassName": "ssd"},
+            {"size": "1Gi", "storageClassName": "ssd"},
+            True,
+        ),
         ({"size": "2Gi"}, {"size": "1Gi"}, False),
         ({"size": "1Gi", "storageClassName": "ssd"}, {"size": "1Gi"}, False),
         ({"size": "1Gi"}, {"size": "1Gi", "storageClassName": "ssd"}, False),

@@ -1,0 +1,16 @@
+"""Shared fixtures: a temporary cluster of real processes, cleaned up by PID."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.harness import Cluster, cluster
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[Cluster]:
+    with cluster(tmp_path) as c:
+        yield c
