@@ -79,10 +79,12 @@ class Node:
         storage: Storage,
         transport_factory: Callable[[Node], Transport] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        serve_peers: bool = True,
     ) -> None:
         self.config = config
         self.storage = storage
         self.monotonic = monotonic
+        self.serve_peers = serve_peers
         self.node_id = self._load_node_id()
         host = config.advertise or config.host
         self.member = Member(
@@ -91,6 +93,8 @@ class Node:
             f"{host}:{config.effective_peer_port}",
             "joining",
         )
+        # a seed that is this very node (pod-0 of a StatefulSet is everybody's seed)
+        self.seeds = [seed for seed in config.seeds if seed != self.member.address]
         self.commit_log = GroupCommit(storage, config.durability, config.fsync_interval_s)
         self.replica = Replica(storage, self.commit_log, self.node_id, config)
         self.hints = HintStore(storage, self.commit_log, lww=config.lww)
@@ -181,7 +185,7 @@ class Node:
     # --- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
         self.commit_log.start()
-        if self.state is None and not self.config.seeds:
+        if self.state is None and not self.seeds:
             cluster = uuid.uuid4().hex[:12]
             self.set_state(
                 ClusterState.founding(cluster, self.member, self.config.partitions, self.config.n)
@@ -191,7 +195,8 @@ class Node:
             self.set_state(self.state.with_member(self.member))
         elif self.state is not None:
             self.set_state(self.state)
-        await self._rpc.start(self.config.host, self.config.effective_peer_port)
+        if self.serve_peers:
+            await self._rpc.start(self.config.host, self.config.effective_peer_port)
         for name, loop in (
             ("gossip", self._gossip_loop),
             ("hints", self._hints_loop),
@@ -407,8 +412,8 @@ class Node:
         self.detector.tick()
         self.gossip_rounds += 1
         timeout = max(0.5, self.config.gossip_interval_s)
-        if self.state is None or len(self.state.members) <= 1 and self.config.seeds:
-            for seed in self.config.seeds:
+        if self.state is None or (len(self.state.members) <= 1 and self.seeds):
+            for seed in self.seeds:
                 await self._gossip_seed(seed, timeout)
             if self.state is None:
                 return

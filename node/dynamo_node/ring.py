@@ -131,6 +131,7 @@ class Ring:
     def preference_list(self, p: int, n: int) -> list[str]:
         """The N primaries of partition `p`: its owner, then the owners of p+1, p+2, ...
         (wrapping) skipping nodes already chosen; fewer when the ring has fewer nodes."""
+        self._check_partition(p)
         if n < 0:
             raise ValueError(f"n must be >= 0, got {n}")
         chosen: list[str] = []

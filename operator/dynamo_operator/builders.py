@@ -71,7 +71,7 @@ LIVENESS_FAILURES = 6
 READINESS_PERIOD_S = 5
 READINESS_TIMEOUT_S = 3
 READINESS_FAILURES = 3
-PROBE_TIMEOUT_S = 3
+STARTUP_TIMEOUT_S = 3
 HEALTHZ_PATH = "/healthz"
 READYZ_PATH = "/readyz"
 
@@ -127,7 +127,12 @@ def node_address(name: str, namespace: str, ordinal: int) -> str:
 
 
 def seed_address(name: str, namespace: str) -> str:
-    """The seed every node gossips with first: pod 0, which scale-down never removes."""
+    """The seed every node gossips with first: pod 0, which scale-down never removes.
+
+    All pods share one template, so pod 0 gets itself as seed: the node must ignore a
+    seed equal to its own ADVERTISE:PORT (which `node_address` matches exactly), or pod 0
+    never founds the cluster.
+    """
     return node_address(name, namespace, 0)
 
 
@@ -399,7 +404,7 @@ def _container(name: str, namespace: str, spec: ClusterSpec) -> dict[str, Any]:
             {"name": TMP_VOLUME, "mountPath": TMP_DIR},
         ],
         "startupProbe": _http_probe(
-            HEALTHZ_PATH, STARTUP_PERIOD_S, PROBE_TIMEOUT_S, STARTUP_FAILURES
+            HEALTHZ_PATH, STARTUP_PERIOD_S, STARTUP_TIMEOUT_S, STARTUP_FAILURES
         ),
         "livenessProbe": _http_probe(
             HEALTHZ_PATH, LIVENESS_PERIOD_S, LIVENESS_TIMEOUT_S, LIVENESS_FAILURES

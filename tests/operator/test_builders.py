@@ -513,3 +513,21 @@ def test_auth_secret_refuses_bad_tokens(tokens: tuple[str, str]) -> None:
 def test_auth_secret_name() -> None:
     assert builders.auth_secret_name(NAME, ClusterSpec()) == "demo-auth"
     assert builders.auth_secret_name(NAME, PRODUCTION) == "sessions-auth"
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_strict_validation_is_not_vacuous(version: str) -> None:
+    sts = _sts()
+    sts["spec"]["template"]["spec"]["containers"][0]["readOnlyRootFileSystem"] = True  # typo
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(sts, version, strict=True)
+
+
+def test_pod_zero_advertises_the_seed_address() -> None:
+    # The node recognises itself among its seeds by comparing ADVERTISE:PORT with the
+    # seed string, so pod 0 (which founds the cluster) must expand to exactly the seed.
+    args = _container()["args"]
+    options = dict(zip(args[::2], args[1::2], strict=True))
+    expanded = options["--advertise"].replace("$(POD_NAME)", "demo-0").replace("$(NAMESPACE)", NS)
+    assert f"{expanded}:{options['--port']}" == options["--seed"] == seed_address(NAME, NS)
+    assert options["--node-id"].replace("$(POD_NAME)", "demo-0") == builders.pod_name(NAME, 0)

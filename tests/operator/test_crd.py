@@ -422,3 +422,11 @@ def test_admission_does_not_mutate_its_input() -> None:
     before = copy.deepcopy(body)
     admission_errors(body, old=resource({}))
     assert body == before
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_strict_crd_validation_is_not_vacuous(version: str) -> None:
+    body = crd()
+    body["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["x-kubernetes-validation"] = []
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(body, version, strict=True)
