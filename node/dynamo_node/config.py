@@ -72,7 +72,8 @@ class NodeConfig:
     anti_entropy_interval_s: float = 60.0
     transfer_batch_keys: int = 500
     transfer_batch_pause_s: float = 0.0
-    tombstone_grace_s: float = 0.0
+    #: a tombstone is purged (once every replica holds it) no earlier than this
+    tombstone_grace_s: float = 10.0
 
     #: tokens; "" disables auth. cluster_token guards admin and internal calls and is
     #: also accepted on client calls; client_token only on client calls.

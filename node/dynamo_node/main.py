@@ -42,6 +42,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--durability", choices=["sync", "wal"], help="when a write is acknowledged")
     p.add_argument("--lww", action="store_true", default=None, help="last-write-wins mode")
     p.add_argument("--no-hinted-handoff", dest="hinted_handoff", action="store_false", default=None)
+    p.add_argument("--anti-entropy-interval", dest="anti_entropy_interval_s", type=float,
+                   help="seconds between periodic anti-entropy rounds (0 disables)")
+    p.add_argument("--tombstone-grace", dest="tombstone_grace_s", type=float,
+                   help="seconds a tombstone is kept at least before GC")
+    p.add_argument("--gossip-interval", dest="gossip_interval_s", type=float)
+    p.add_argument("--failure-timeout", dest="failure_timeout_s", type=float)
     p.add_argument("--client-token-file", help="file holding the client token")
     p.add_argument("--cluster-token-file", help="file holding the cluster (admin/internal) token")
     p.add_argument("--log-level", default=os.environ.get("DYNAMO_LOG_LEVEL", "INFO"))
@@ -68,7 +74,9 @@ def build_config(args: argparse.Namespace) -> NodeConfig:
         if unknown:
             raise DynamoError(f"{args.config}: unknown settings {sorted(unknown)}")
         settings.update(loaded)
-    for name in ("partitions", "n", "r", "w", "durability", "lww", "hinted_handoff"):
+    for name in ("partitions", "n", "r", "w", "durability", "lww", "hinted_handoff",
+                 "anti_entropy_interval_s", "tombstone_grace_s", "gossip_interval_s",
+                 "failure_timeout_s"):
         value = getattr(args, name)
         if value is not None:
             settings[name] = value

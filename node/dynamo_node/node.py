@@ -132,6 +132,10 @@ class Node:
         )
         self.rpc_handlers: dict[str, Callable[[Any, str], Any]] = {}
         self._seed_addresses: dict[str, tuple[str, int]] = {}
+        from .antientropy import AntiEntropy
+
+        self.anti_entropy = AntiEntropy(self)
+        self.jobs = self.anti_entropy.jobs
 
     # --- identity and persisted state -----------------------------------------------------
     def _load_node_id(self) -> str:
@@ -204,6 +208,7 @@ class Node:
             ("janitor", self._janitor_loop),
         ):
             self._tasks.append(asyncio.create_task(loop(), name=name))
+        self.anti_entropy.start()
         self.ready = True
 
     async def stop(self) -> None:
@@ -214,6 +219,7 @@ class Node:
         for task in [*self._tasks, *self._transfer_tasks.values()]:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        await self.anti_entropy.stop()
         for task in list(self.coordinator.stats.background):
             task.cancel()
         await self._rpc.stop()
@@ -601,6 +607,13 @@ class Node:
         return dropped
 
     # --- admin -----------------------------------------------------------------------------
+    def start_anti_entropy(self) -> str:
+        self.require_state()
+        return self.anti_entropy.start_job()
+
+    def ae_counters(self) -> dict[str, float]:
+        return self.anti_entropy.counters()
+
     async def stage_join(self, address: str) -> str:
         state = self.require_state()
         _split_hostport(address)

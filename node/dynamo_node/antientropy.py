@@ -1,0 +1,376 @@
+"""Merkle-tree anti-entropy between the replicas of each partition, and tombstone GC.
+
+State (`merkle.MerkleTree`, one per partition this node holds data for) is kept current
+on every write through the replica's change listener, and built lazily from a scan the
+first time a partition is compared. The exchange protocol (this module) compares the
+roots of many partitions in one call, descends only into differing subtrees
+(`merkle.adiff_segments`), lists the keys of differing segments only, and ships only
+the differing objects, both ways; both sides end with the merge of both versions, so
+one exchange makes a pair of replicas identical. Traffic therefore grows with the
+number of differences, not with the data size (bench/antientropy.py measures it).
+
+Tombstone GC: a key whose every sibling is a tombstone older than the grace period is
+purged only when every replica of its partition is up and holds the very same object
+(same digest); each replica then deletes it with a compare-and-delete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import msgpack
+
+from .codec import CodecError, decode_object, digest
+from .errors import InvalidRequest, PeerError
+from .merkle import MerkleTree, adiff_segments, diff_keys
+from .ring import partition_of
+from .storage import Family
+
+if TYPE_CHECKING:
+    from .node import Node
+
+log = logging.getLogger("dynamo.antientropy")
+
+SEGMENTS = 256
+FANOUT = 16
+SHIP_BATCH = 500
+GC_BATCH = 200
+
+
+@dataclass(slots=True)
+class Job:
+    id: str
+    kind: str = "anti-entropy"
+    state: str = "running"
+    partitions_total: int = 0
+    partitions_done: int = 0
+    keys_repaired: int = 0
+    tombstones_purged: int = 0
+    bytes_exchanged: int = 0
+    errors: list[str] = field(default_factory=list)
+    started: float = field(default_factory=time.time)
+    finished: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        total = self.partitions_total or 1
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "state": self.state,
+            "progress": round(self.partitions_done / total, 4),
+            "keys_repaired": self.keys_repaired,
+            "tombstones_purged": self.tombstones_purged,
+            "bytes_exchanged": self.bytes_exchanged,
+            "partitions_done": self.partitions_done,
+            "partitions_total": self.partitions_total,
+            "errors": self.errors[-10:],
+            "started": _iso(self.started),
+            "finished": _iso(self.finished) if self.finished else None,
+        }
+
+
+@dataclass(slots=True)
+class AEStats:
+    exchanges: int = 0
+    keys_repaired: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    tombstones_purged: int = 0
+
+
+class _RemoteTree:
+    def __init__(self, ae: AntiEntropy, peer: str, p: int) -> None:
+        self._ae, self._peer, self._p = ae, peer, p
+
+    async def hashes(self, level: int, indices: list[int] | Any) -> list[bytes]:
+        result = await self._ae.call(self._peer, "ae_hashes", [self._p, level, list(indices)])
+        return [bytes(h) for h in result]
+
+
+class AntiEntropy:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.trees: dict[int, MerkleTree] = {}
+        self.stats = AEStats()
+        self.jobs: dict[str, Job] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._job_tasks: set[asyncio.Task[None]] = set()
+        node.replica.listeners.append(self._on_change)
+        for name in ("ae_roots", "ae_hashes", "ae_keys", "ae_fetch", "ae_partition", "ae_digests", "ae_gc"):
+            node.rpc_handlers[name] = getattr(self, "_rpc_" + name[3:])
+
+    # --- trees -----------------------------------------------------------------------
+    def _partitions(self) -> int:
+        return self.node.require_state().partitions
+
+    def _partition_of_skey(self, skey: bytes) -> int:
+        return partition_of(int.from_bytes(skey[:8], "big"), self._partitions())
+
+    def _on_change(self, skey: bytes, old: bytes | None, new: bytes | None) -> None:
+        if self.node.state is None:
+            return
+        tree = self.trees.get(self._partition_of_skey(skey))
+        if tree is not None:
+            tree.update(skey, digest(old) if old else None, digest(new) if new else None)
+
+    def tree(self, p: int) -> MerkleTree:
+        tree = self.trees.get(p)
+        if tree is None:
+            from .node import partition_keys
+
+            start, end = partition_keys(p, self._partitions())
+            tree = MerkleTree.build(
+                ((k, digest(v)) for k, v in self.node.storage.iter_range(Family.OBJECTS, start, end)),
+                segments=SEGMENTS,
+                fanout=FANOUT,
+            )
+            self.trees[p] = tree
+        return tree
+
+    def _segment_items(self, p: int, segments: set[int]) -> dict[bytes, bytes]:
+        from .node import partition_keys
+
+        tree = self.tree(p)
+        start, end = partition_keys(p, self._partitions())
+        return {
+            k: digest(v)
+            for k, v in self.node.storage.iter_range(Family.OBJECTS, start, end)
+            if tree.segment_of(k) in segments
+        }
+
+    # --- calls with byte accounting ---------------------------------------------------------
+    async def call(self, peer: str, method: str, args: Any) -> Any:
+        sent = len(msgpack.packb(args, use_bin_type=True))
+        timeout = max(10.0, self.node.config.request_timeout_ms / 1000)
+        result = await self.node.transport.call(peer, method, args, timeout)
+        received = len(msgpack.packb(result, use_bin_type=True))
+        self.stats.bytes_sent += sent
+        self.stats.bytes_received += received
+        return result
+
+    # --- the exchange ---------------------------------------------------------------------
+    async def exchange(self, p: int, peer: str) -> int:
+        """Make this node's replica of p and peer's identical; returns keys repaired."""
+        self.stats.exchanges += 1
+        local = self.tree(p)
+        (root,) = await self.call(peer, "ae_roots", [[p]])
+        if bytes(root) == local.root():
+            return 0
+        segments, _ = await adiff_segments(local, _RemoteTree(self, peer, p))
+        if not segments:
+            return 0
+        wanted = set(segments)
+        local_items = self._segment_items(p, wanted)
+        remote_items = {bytes(k): bytes(d) for k, d in await self.call(peer, "ae_keys", [p, segments])}
+        only_local, only_remote, differing = diff_keys(local_items, remote_items)
+        push = [*only_local, *differing]
+        pull = [*only_remote, *differing]
+        for i in range(0, len(push), SHIP_BATCH):
+            batch = []
+            for skey in push[i : i + SHIP_BATCH]:
+                raw = self.node.replica.read_encoded(skey)
+                if raw is not None:
+                    batch.append([skey, raw])
+            if batch:
+                await self.call(peer, "merge_many", batch)
+        for i in range(0, len(pull), SHIP_BATCH):
+            fetched = await self.call(peer, "ae_fetch", [pull[i : i + SHIP_BATCH]])
+            for skey, raw in fetched:
+                if raw is None:
+                    continue
+                try:
+                    obj = decode_object(raw)
+                except CodecError:
+                    continue
+                self.node.replica.apply_merge(bytes(skey), obj)
+        await self.node.commit_log.barrier()
+        repaired = len(set(push) | set(pull))
+        self.stats.keys_repaired += repaired
+        if repaired:
+            log.info("anti-entropy repaired %d key(s) of partition %d with %s", repaired, p, peer)
+        return repaired
+
+    async def sync_partition(self, p: int) -> tuple[int, int]:
+        """Exchange p with every other live replica; then GC its agreed tombstones."""
+        state = self.node.require_state()
+        replicas = state.preference_list(p)
+        repaired = 0
+        for peer in replicas:
+            if peer == self.node.node_id or not self.node.is_up(peer):
+                continue
+            repaired += await self.exchange(p, peer)
+        purged = await self.collect_tombstones(p)
+        return repaired, purged
+
+    # --- tombstone GC -------------------------------------------------------------------------
+    async def collect_tombstones(self, p: int) -> int:
+        from .node import partition_keys
+
+        state = self.node.require_state()
+        replicas = state.preference_list(p)
+        if self.node.node_id not in replicas or not all(self.node.is_up(r) for r in replicas):
+            return 0
+        grace_ms = int(self.node.config.tombstone_grace_s * 1000)
+        now_ms = time.time_ns() // 1_000_000
+        start, end = partition_keys(p, state.partitions)
+        candidates: list[tuple[bytes, bytes]] = []
+        for skey, raw in self.node.storage.iter_range(Family.OBJECTS, start, end):
+            try:
+                obj = decode_object(raw)
+            except CodecError:
+                continue
+            if obj.all_tombstones() and now_ms - obj.max_timestamp() >= grace_ms:
+                candidates.append((skey, digest(raw)))
+        purged = 0
+        peers = [r for r in replicas if r != self.node.node_id]
+        for i in range(0, len(candidates), GC_BATCH):
+            batch = candidates[i : i + GC_BATCH]
+            keys = [k for k, _ in batch]
+            agreed = set(keys)
+            for peer in peers:
+                digests = await self.call(peer, "ae_digests", [keys])
+                agreed &= {k for (k, d), theirs in zip(batch, digests, strict=True) if theirs is not None and bytes(theirs) == d}
+            final = [[k, d] for k, d in batch if k in agreed]
+            if not final:
+                continue
+            for peer in peers:
+                await self.call(peer, "ae_gc", [final])
+            purged += self._gc_local(final)
+        self.stats.tombstones_purged += purged
+        return purged
+
+    def _gc_local(self, items: list[list[bytes]] | list[Any]) -> int:
+        purged = 0
+        for skey, want in items:
+            raw = self.node.replica.read_encoded(bytes(skey))
+            if raw is not None and digest(raw) == bytes(want):
+                self.node.replica.remove(bytes(skey))
+                purged += 1
+        return purged
+
+    # --- server side -------------------------------------------------------------------------------
+    def _check_p(self, p: Any) -> int:
+        if not isinstance(p, int) or not 0 <= p < self._partitions():
+            raise InvalidRequest("bad partition")
+        return p
+
+    async def _rpc_roots(self, args: Any, caller: str) -> list[bytes]:
+        return [self.tree(self._check_p(p)).root() for p in args[0]]
+
+    async def _rpc_hashes(self, args: Any, caller: str) -> list[bytes]:
+        p, level, indices = args
+        return self.tree(self._check_p(p)).hashes(int(level), [int(i) for i in indices])
+
+    async def _rpc_keys(self, args: Any, caller: str) -> list[list[bytes]]:
+        p, segments = args
+        items = self._segment_items(self._check_p(p), {int(s) for s in segments})
+        return [[k, d] for k, d in items.items()]
+
+    async def _rpc_fetch(self, args: Any, caller: str) -> list[list[Any]]:
+        return [[skey, self.node.replica.read_encoded(bytes(skey))] for skey in args[0]]
+
+    async def _rpc_digests(self, args: Any, caller: str) -> list[bytes | None]:
+        out: list[bytes | None] = []
+        for skey in args[0]:
+            raw = self.node.replica.read_encoded(bytes(skey))
+            out.append(digest(raw) if raw is not None else None)
+        return out
+
+    async def _rpc_gc(self, args: Any, caller: str) -> int:
+        purged = self._gc_local(args[0])
+        await self.node.commit_log.barrier()
+        return purged
+
+    async def _rpc_partition(self, args: Any, caller: str) -> list[int]:
+        repaired, purged = await self.sync_partition(self._check_p(args[0]))
+        return [repaired, purged]
+
+    # --- jobs and the periodic pass ----------------------------------------------------------------
+    def start_job(self) -> str:
+        job = Job(uuid.uuid4().hex[:16])
+        self.jobs[job.id] = job
+        task = asyncio.create_task(self._run_job(job))
+        self._job_tasks.add(task)
+        task.add_done_callback(self._job_tasks.discard)
+        return job.id
+
+    async def _run_job(self, job: Job) -> None:
+        state = self.node.require_state()
+        job.partitions_total = state.partitions
+        before = self.stats.bytes_sent + self.stats.bytes_received
+        try:
+            for p in range(state.partitions):
+                replicas = self.node.require_state().preference_list(p)
+                try:
+                    if self.node.node_id in replicas:
+                        repaired, purged = await self.sync_partition(p)
+                    else:
+                        delegate = next((r for r in replicas if self.node.is_up(r)), None)
+                        if delegate is None:
+                            raise PeerError(f"no live replica of partition {p}")
+                        repaired, purged = await self.call(delegate, "ae_partition", [p])
+                    job.keys_repaired += int(repaired)
+                    job.tombstones_purged += int(purged)
+                except Exception as exc:  # one partition failing does not stop the pass
+                    job.errors.append(f"partition {p}: {exc}")
+                job.partitions_done += 1
+                job.bytes_exchanged = self.stats.bytes_sent + self.stats.bytes_received - before
+            job.state = "done" if not job.errors else "failed"
+        except Exception as exc:
+            job.state = "failed"
+            job.errors.append(str(exc))
+        finally:
+            job.finished = time.time()
+            if job.state == "done":
+                self.node.last_anti_entropy = job.finished
+            log.info(
+                "anti-entropy job %s %s: %d key(s) repaired, %d tombstone(s) purged",
+                job.id, job.state, job.keys_repaired, job.tombstones_purged,
+            )
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="anti-entropy")
+
+    async def stop(self) -> None:
+        for task in [self._task, *self._job_tasks]:
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except (asyncio.CancelledError, Exception):
+                    pass
+
+    async def _loop(self) -> None:
+        interval = self.node.config.anti_entropy_interval_s
+        while True:
+            await asyncio.sleep(interval)
+            state = self.node.state
+            if state is None or interval <= 0:
+                continue
+            try:
+                for p in range(state.partitions):
+                    if self.node.node_id in state.preference_list(p):
+                        await self.sync_partition(p)
+                        await asyncio.sleep(0)
+                self.node.last_anti_entropy = time.time()
+            except Exception as exc:
+                log.warning("periodic anti-entropy round failed: %s", exc)
+
+    def counters(self) -> dict[str, float]:
+        s = self.stats
+        return {
+            "anti_entropy_exchanges_total": s.exchanges,
+            "anti_entropy_keys_repaired_total": s.keys_repaired,
+            "anti_entropy_bytes_sent_total": s.bytes_sent,
+            "anti_entropy_bytes_received_total": s.bytes_received,
+            "tombstones_purged_total": s.tombstones_purged,
+        }
+
+
+def _iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
