@@ -57,7 +57,9 @@ def wait_for(
             if last:
                 return last
         time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout}s waiting for {what or predicate} (last: {last!r})")
+    raise TimeoutError(
+        f"timed out after {timeout}s waiting for {what or predicate} (last: {last!r})"
+    )
 
 
 def http(
@@ -122,16 +124,23 @@ class Cluster:
             h["Authorization"] = f"Bearer {self.token}"
         return h
 
-    def add_node(self, *extra: str, seed: NodeProc | None = None, node_id: str | None = None) -> NodeProc:
+    def add_node(
+        self, *extra: str, seed: NodeProc | None = None, node_id: str | None = None
+    ) -> NodeProc:
         index = len(self.nodes)
         port = free_port()
         data_dir = self.root / f"node{index}"
         node_id = node_id or f"n{index}"
         args = [
-            sys.executable, "-m", "dynamo_node",
-            "--data-dir", str(data_dir),
-            "--port", str(port),
-            "--node-id", node_id,
+            sys.executable,
+            "-m",
+            "dynamo_node",
+            "--data-dir",
+            str(data_dir),
+            "--port",
+            str(port),
+            "--node-id",
+            node_id,
             *extra,
         ]
         if seed is not None:
@@ -160,15 +169,21 @@ class Cluster:
         wait_for(ready, timeout, what=f"{node.node_id} healthy")
 
     def request(
-        self, node: NodeProc, method: str, path: str, body: bytes | None = None,
-        headers: dict[str, str] | None = None, timeout: float = 10.0,
+        self,
+        node: NodeProc,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float = 10.0,
     ) -> tuple[int, dict[str, str], bytes]:
         return http(method, node.url + path, body, self._headers(headers), timeout)
 
     def admin(self, node: NodeProc, method: str, path: str, payload: Any = None) -> Any:
         body = json.dumps(payload).encode() if payload is not None else None
-        status, _, data = self.request(node, method, "/v1/admin/" + path, body,
-                                       {"Content-Type": "application/json"})
+        status, _, data = self.request(
+            node, method, "/v1/admin/" + path, body, {"Content-Type": "application/json"}
+        )
         if status >= 300:
             raise AssertionError(f"{method} {path} -> {status}: {data[:500]!r}")
         return json.loads(data)
@@ -231,8 +246,11 @@ class Cluster:
         for _ in range(count - 1):
             self.add_node(*extra, seed=first)
         for node in self.nodes[1:count]:
-            wait_for(lambda n=node: any(m["node"] == n.node_id for m in self.status(first)["members"]),
-                     20, what=f"{node.node_id} known by gossip")
+            wait_for(
+                lambda n=node: any(m["node"] == n.node_id for m in self.status(first)["members"]),
+                20,
+                what=f"{node.node_id} known by gossip",
+            )
             self.admin(first, "POST", "join", {"address": node.address})
         if count > 1:
             self.admin(first, "POST", "commit")
@@ -255,8 +273,15 @@ class Cluster:
         return wait_for(converged, timeout, interval=0.1, what="ring convergence")
 
     # --- kv helpers ------------------------------------------------------------------------
-    def put(self, node: NodeProc, key: str, value: bytes, context: str | None = None,
-            query: str = "", content_type: str = "application/octet-stream") -> tuple[int, dict[str, str], bytes]:
+    def put(
+        self,
+        node: NodeProc,
+        key: str,
+        value: bytes,
+        context: str | None = None,
+        query: str = "",
+        content_type: str = "application/octet-stream",
+    ) -> tuple[int, dict[str, str], bytes]:
         headers = {"Content-Type": content_type}
         if context:
             headers["X-Dynamo-Context"] = context
@@ -265,7 +290,9 @@ class Cluster:
     def get(self, node: NodeProc, key: str, query: str = "") -> tuple[int, dict[str, str], bytes]:
         return self.request(node, "GET", f"/v1/kv/{quote(key)}{query}")
 
-    def delete(self, node: NodeProc, key: str, context: str | None = None, query: str = "") -> tuple[int, dict[str, str], bytes]:
+    def delete(
+        self, node: NodeProc, key: str, context: str | None = None, query: str = ""
+    ) -> tuple[int, dict[str, str], bytes]:
         headers = {"X-Dynamo-Context": context} if context else {}
         return self.request(node, "DELETE", f"/v1/kv/{quote(key)}{query}", None, headers)
 

@@ -17,6 +17,7 @@ purged only when every replica of its partition is up and holds the very same ob
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -101,7 +102,15 @@ class AntiEntropy:
         self._task: asyncio.Task[None] | None = None
         self._job_tasks: set[asyncio.Task[None]] = set()
         node.replica.listeners.append(self._on_change)
-        for name in ("ae_roots", "ae_hashes", "ae_keys", "ae_fetch", "ae_partition", "ae_digests", "ae_gc"):
+        for name in (
+            "ae_roots",
+            "ae_hashes",
+            "ae_keys",
+            "ae_fetch",
+            "ae_partition",
+            "ae_digests",
+            "ae_gc",
+        ):
             node.rpc_handlers[name] = getattr(self, "_rpc_" + name[3:])
 
     # --- trees -----------------------------------------------------------------------
@@ -125,7 +134,10 @@ class AntiEntropy:
 
             start, end = partition_keys(p, self._partitions())
             tree = MerkleTree.build(
-                ((k, digest(v)) for k, v in self.node.storage.iter_range(Family.OBJECTS, start, end)),
+                (
+                    (k, digest(v))
+                    for k, v in self.node.storage.iter_range(Family.OBJECTS, start, end)
+                ),
                 segments=SEGMENTS,
                 fanout=FANOUT,
             )
@@ -166,7 +178,9 @@ class AntiEntropy:
             return 0
         wanted = set(segments)
         local_items = self._segment_items(p, wanted)
-        remote_items = {bytes(k): bytes(d) for k, d in await self.call(peer, "ae_keys", [p, segments])}
+        remote_items = {
+            bytes(k): bytes(d) for k, d in await self.call(peer, "ae_keys", [p, segments])
+        }
         only_local, only_remote, differing = diff_keys(local_items, remote_items)
         push = [*only_local, *differing]
         pull = [*only_remote, *differing]
@@ -234,7 +248,11 @@ class AntiEntropy:
             agreed = set(keys)
             for peer in peers:
                 digests = await self.call(peer, "ae_digests", [keys])
-                agreed &= {k for (k, d), theirs in zip(batch, digests, strict=True) if theirs is not None and bytes(theirs) == d}
+                agreed &= {
+                    k
+                    for (k, d), theirs in zip(batch, digests, strict=True)
+                    if theirs is not None and bytes(theirs) == d
+                }
             final = [[k, d] for k, d in batch if k in agreed]
             if not final:
                 continue
@@ -253,7 +271,7 @@ class AntiEntropy:
                 purged += 1
         return purged
 
-    # --- server side -------------------------------------------------------------------------------
+    # --- server side ---------------------------------------------------------------------
     def _check_p(self, p: Any) -> int:
         if not isinstance(p, int) or not 0 <= p < self._partitions():
             raise InvalidRequest("bad partition")
@@ -290,7 +308,7 @@ class AntiEntropy:
         repaired, purged = await self.sync_partition(self._check_p(args[0]))
         return [repaired, purged]
 
-    # --- jobs and the periodic pass ----------------------------------------------------------------
+    # --- jobs and the periodic pass --------------------------------------------------------
     def start_job(self) -> str:
         job = Job(uuid.uuid4().hex[:16])
         self.jobs[job.id] = job
@@ -330,7 +348,10 @@ class AntiEntropy:
                 self.node.last_anti_entropy = job.finished
             log.info(
                 "anti-entropy job %s %s: %d key(s) repaired, %d tombstone(s) purged",
-                job.id, job.state, job.keys_repaired, job.tombstones_purged,
+                job.id,
+                job.state,
+                job.keys_repaired,
+                job.tombstones_purged,
             )
 
     def start(self) -> None:
@@ -340,10 +361,8 @@ class AntiEntropy:
         for task in [self._task, *self._job_tasks]:
             if task is not None:
                 task.cancel()
-                try:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-                except (asyncio.CancelledError, Exception):
-                    pass
 
     async def _loop(self) -> None:
         interval = self.node.config.anti_entropy_interval_s

@@ -491,16 +491,23 @@ def cmd_commit(client: DynamoClient, args: argparse.Namespace) -> int:
 
 
 def _job_fraction(job: dict[str, Any]) -> tuple[int, int]:
-    """The job's progress as (done, total) for a bar, whatever shape it reports."""
+    """The job's progress as (done, total) for a bar: partitions when the job counts
+    them, else its `progress` fraction (0..1) as a percentage."""
+    if isinstance(job.get("partitions_total"), int) and job["partitions_total"] > 0:
+        return int(job.get("partitions_done", 0)), int(job["partitions_total"])
     progress = job.get("progress")
-    if isinstance(progress, dict):
-        done = progress.get("done", progress.get("partitions_done", 0))
-        total = progress.get("total", progress.get("partitions_total", 0))
-        return int(done or 0), int(total or 0)
     if isinstance(progress, int | float) and not isinstance(progress, bool):
-        percent = progress * PERCENT if progress <= 1 else progress
-        return round(percent), PERCENT
+        return round(min(1.0, float(progress)) * PERCENT), PERCENT
     return 0, 0
+
+
+def _job_line(job: dict[str, Any]) -> str:
+    done, total = _job_fraction(job)
+    counts = f"partitions {done}/{total}, " if "partitions_total" in job else ""
+    return (
+        f"{progress_bar(done, total)}  {job.get('state', 'running')}, "
+        f"{counts}{job.get('keys_repaired', 0)} keys repaired"
+    )
 
 
 def cmd_repair(client: DynamoClient, args: argparse.Namespace) -> int:
@@ -516,22 +523,20 @@ def cmd_repair(client: DynamoClient, args: argparse.Namespace) -> int:
     while True:
         job = client.job(job_id)
         state = str(job.get("state", "running"))
-        done, total = _job_fraction(job)
-        repaired = job.get("keys_repaired", 0)
-        line = f"{progress_bar(done, total)}  {state}, {repaired} keys repaired"
         if state != "running":
-            progress.finish(line)
+            progress.finish(_job_line(job))
             break
-        progress.show(line)
+        progress.show(_job_line(job))
         if time.monotonic() >= deadline:
-            progress.finish(line + "  (timed out)")
+            progress.finish(progress.last + "  (timed out)")
             _err(f"{PROG}: repair job {job_id} still running after {args.wait_timeout:g}s")
             return EXIT_OTHER
         time.sleep(POLL_INTERVAL_S)
     if args.json:
         _print_json(job)
     if state == "failed":
-        _err(f"{PROG}: repair job {job_id} failed: {job.get('error', 'see the node log')}")
+        errors = job.get("errors") or [job.get("error") or "see the node log"]
+        _err(f"{PROG}: repair job {job_id} failed: {errors[-1]}")
         return EXIT_OTHER
     return EXIT_OK
 

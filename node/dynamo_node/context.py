@@ -34,9 +34,7 @@ class ContextCodec:
         return hmac.new(self._key, payload, hashlib.sha256).digest()[:MAC_BYTES]
 
     def encode(self, clock: VClock) -> str:
-        payload = VERSION + msgpack.packb(
-            [clock_to_wire(clock), clock.pruned], use_bin_type=True
-        )
+        payload = VERSION + msgpack.packb([clock_to_wire(clock), clock.pruned], use_bin_type=True)
         return base64.urlsafe_b64encode(payload + self._mac(payload)).rstrip(b"=").decode()
 
     def decode(self, text: str | None) -> VClock:

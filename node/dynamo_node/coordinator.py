@@ -113,12 +113,12 @@ class Coordinator:
         placement = self.view.placement(key_hash(skey[8:]))
         need = effective(r, self.config.r, placement.n)
         nodes = [node for node, _ in placement.targets]
-        tasks = {
+        tasks: dict[asyncio.Future[Any], str] = {
             asyncio.ensure_future(self.call(node, "get", [skey], timeout_ms / 1000)): node
             for node in nodes
         }
         replies: dict[str, Object] = {}
-        pending = set(tasks)
+        pending: set[asyncio.Future[Any]] = set(tasks)
         while pending and len(replies) < need:
             remaining = deadline - loop.time()
             if remaining <= 0:
@@ -280,7 +280,9 @@ class Coordinator:
         True when some node stands for this replica (counts toward W)."""
         loop = asyncio.get_running_loop()
         try:
-            await self.call(node, "merge", [skey, encoded, hint_for], max(0.001, deadline - loop.time()))
+            await self.call(
+                node, "merge", [skey, encoded, hint_for], max(0.001, deadline - loop.time())
+            )
             return True
         except (PeerError, TimeoutError):
             pass
@@ -304,7 +306,9 @@ class Coordinator:
     async def _to_pending(self, node: str, skey: bytes, encoded: bytes, obj: Object) -> None:
         """Double-write to a node receiving this partition; keep a hint if it misses it."""
         try:
-            await self.call(node, "merge", [skey, encoded, None], self.config.request_timeout_ms / 1000)
+            await self.call(
+                node, "merge", [skey, encoded, None], self.config.request_timeout_ms / 1000
+            )
         except (PeerError, TimeoutError):
             self.hints.store(skey, node, obj)
             await self.hints.durable()

@@ -1,18 +1,18 @@
 """The node's exception tree. Errors become HTTP statuses only at the edge (web_errors).
 
-    DynamoError
-    ├── InvalidRequest            400  bad input the client can fix
-    │   ├── InvalidKey            400  empty, not UTF-8, or longer than the key limit
-    │   ├── InvalidContext        400  malformed or tampered X-Dynamo-Context
-    │   └── InvalidQuorum         400  r / w / timeout_ms out of range
-    ├── PayloadTooLarge           413  value larger than the configured limit
-    ├── Unauthorized              401  missing or wrong token
-    ├── Forbidden                 403  a valid token without the needed scope
-    ├── NotFound                  404
-    ├── Conflict                  409  e.g. an admin change that contradicts the staged plan
-    ├── QuorumNotMet              503  fewer replicas answered than r / w demanded
-    ├── Unavailable               503  storage closed, node stopping, ring unknown
-    └── PeerError                 (internal) a node-to-node call failed or timed out
+DynamoError
+├── InvalidRequest            400  bad input the client can fix
+│   ├── InvalidKey            400  empty, not UTF-8, or longer than the key limit
+│   ├── InvalidContext        400  malformed or tampered X-Dynamo-Context
+│   └── InvalidQuorum         400  r / w / timeout_ms out of range
+├── PayloadTooLarge           413  value larger than the configured limit
+├── Unauthorized              401  missing or wrong token
+├── Forbidden                 403  a valid token without the needed scope
+├── NotFound                  404
+├── Conflict                  409  e.g. an admin change that contradicts the staged plan
+├── QuorumNotMet              503  fewer replicas answered than r / w demanded
+├── Unavailable               503  storage closed, node stopping, ring unknown
+└── PeerError                 (internal) a node-to-node call failed or timed out
 """
 
 from __future__ import annotations

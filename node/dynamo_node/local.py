@@ -35,7 +35,9 @@ class LocalError(RuntimeError):
 def _call(address: str, method: str, path: str, payload: Any = None, timeout: float = 5.0) -> Any:
     data = json.dumps(payload).encode() if payload is not None else None
     req = urllib.request.Request(
-        f"http://{address}{path}", data=data, method=method,
+        f"http://{address}{path}",
+        data=data,
+        method=method,
         headers={"Content-Type": "application/json"},
     )
     token = os.environ.get("DYNAMO_CLUSTER_TOKEN")
@@ -63,7 +65,7 @@ class LocalCluster:
     def __init__(self, nodes: int, base_port: int, data_dir: Path, node_args: list[str]) -> None:
         if nodes < 1:
             raise LocalError("--nodes must be at least 1")
-        if not 1 <= base_port or base_port + nodes - 1 + 10000 > 65535:
+        if not base_port >= 1 or base_port + nodes - 1 + 10000 > 65535:
             raise LocalError("--port leaves no room for the peer ports (PORT+10000)")
         self.count = nodes
         self.base = base_port
@@ -78,10 +80,15 @@ class LocalCluster:
         self.dir.mkdir(parents=True, exist_ok=True)
         for i in range(self.count):
             args = [
-                sys.executable, "-m", "dynamo_node",
-                "--data-dir", str(self.dir / f"node{i}"),
-                "--port", str(self.base + i),
-                "--node-id", f"node{i}",
+                sys.executable,
+                "-m",
+                "dynamo_node",
+                "--data-dir",
+                str(self.dir / f"node{i}"),
+                "--port",
+                str(self.base + i),
+                "--node-id",
+                f"node{i}",
                 *self.node_args,
             ]
             if i > 0:
@@ -90,7 +97,9 @@ class LocalCluster:
             self.procs.append(subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT))
             log.close()
         for i in range(self.count):
-            _wait(f"node{i} to start (see {self.dir / f'node{i}.log'})", lambda i=i: self._healthy(i))
+            _wait(
+                f"node{i} to start (see {self.dir / f'node{i}.log'})", lambda i=i: self._healthy(i)
+            )
 
     def _healthy(self, i: int) -> bool:
         if self.procs[i].poll() is not None:
@@ -145,7 +154,9 @@ class LocalCluster:
             for i, p in enumerate(self.procs):
                 if p.poll() is not None and i not in reported:
                     reported.add(i)
-                    print(f"node{i} exited with {p.returncode}; the others keep serving", flush=True)
+                    print(
+                        f"node{i} exited with {p.returncode}; the others keep serving", flush=True
+                    )
             time.sleep(0.5)
 
 
@@ -171,8 +182,10 @@ def run_local(args: argparse.Namespace) -> int:
         print(f"dynamokv: {cluster.count}-node cluster running (data in {cluster.dir})")
         for i in range(cluster.count):
             print(f"  node{i}  http://{cluster.address(i)}  pid {cluster.procs[i].pid}")
-        print(f"try: dynamoctl --node {cluster.address(0)} put hello world && "
-              f"dynamoctl --node {cluster.address(cluster.count - 1)} get hello")
+        print(
+            f"try: dynamoctl --node {cluster.address(0)} put hello world && "
+            f"dynamoctl --node {cluster.address(cluster.count - 1)} get hello"
+        )
         print("Ctrl-C stops the cluster.", flush=True)
         cluster.watch()
     except (KeyboardInterrupt, _Stop):

@@ -129,9 +129,7 @@ class ClusterState:
         return [p for p in range(self.partitions) if self.owner(p) == node]
 
     def in_transition(self) -> bool:
-        return self.next is not None and not all(
-            self.switched(p) for p in range(self.partitions)
-        )
+        return self.next is not None and not all(self.switched(p) for p in range(self.partitions))
 
     def ring_nodes(self) -> list[str]:
         nodes = set(self.ring.nodes())
@@ -249,8 +247,7 @@ class Plan:
             "nodes": list(self.ring.nodes()),
             "ownership": {node: len(self.ring.owned_by(node)) for node in self.ring.nodes()},
             "transfers": [
-                {"partition": t.partition, "from": t.source, "to": t.target}
-                for t in self.transfers
+                {"partition": t.partition, "from": t.source, "to": t.target} for t in self.transfers
             ],
             "partitions_received": moves,
         }

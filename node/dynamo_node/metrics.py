@@ -10,14 +10,16 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
 class _Live(Collector):
-    def __init__(self, read: Callable[[], dict[str, float]], counters: Callable[[], dict[str, float]]) -> None:
+    def __init__(
+        self, read: Callable[[], dict[str, float]], counters: Callable[[], dict[str, float]]
+    ) -> None:
         self._read = read
         self._counters = counters
 
@@ -36,7 +38,10 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
-            "dynamo_http_requests", "HTTP requests", ["route", "method", "status"], registry=self.registry
+            "dynamo_http_requests",
+            "HTTP requests",
+            ["route", "method", "status"],
+            registry=self.registry,
         )
         self.latency = Histogram(
             "dynamo_http_request_seconds",
@@ -57,7 +62,9 @@ class Metrics:
         pair[0].inc()
         pair[1].observe(seconds)
 
-    def add_live(self, gauges: Callable[[], dict[str, float]], counters: Callable[[], dict[str, float]]) -> None:
+    def add_live(
+        self, gauges: Callable[[], dict[str, float]], counters: Callable[[], dict[str, float]]
+    ) -> None:
         self.registry.register(_Live(gauges, counters))
 
     def render(self) -> bytes:

@@ -142,9 +142,7 @@ class Node:
         saved = self.storage.get(Family.META, META_NODE_ID)
         wanted = self.config.node_id
         if saved is not None and wanted and saved.decode() != wanted:
-            raise InvalidRequest(
-                f"data dir belongs to node {saved.decode()!r}, not {wanted!r}"
-            )
+            raise InvalidRequest(f"data dir belongs to node {saved.decode()!r}, not {wanted!r}")
         if saved is not None:
             return saved.decode()
         node_id = wanted or f"{self.config.advertise or self.config.host}:{self.config.port}"
@@ -167,9 +165,14 @@ class Node:
             return
         old_version = self.state.version if self.state else None
         mine = state.members.get(self.node_id)
-        if mine is not None and (mine.address, mine.peer) != (self.member.address, self.member.peer):
+        if mine is not None and (mine.address, mine.peer) != (
+            self.member.address,
+            self.member.peer,
+        ):
             # my addresses changed (e.g. a new pod IP): announce the new ones
-            state = state.with_member(replace(mine, address=self.member.address, peer=self.member.peer))
+            state = state.with_member(
+                replace(mine, address=self.member.address, peer=self.member.peer)
+            )
         old_plan = (self.state.epoch, self.state.next is None) if self.state else None
         self.state = state
         self.storage.write(
@@ -449,15 +452,8 @@ class Node:
     async def _gossip_seed(self, seed: str, timeout: float) -> None:
         """Introduce this node to a seed by address (it may not know our id yet)."""
         host, port = _split_hostport(seed)
-        from aiohttp import ClientSession, ClientTimeout
-
-        headers = {"Authorization": f"Bearer {self.config.cluster_token}"} if self.config.cluster_token else {}
         try:
-            async with ClientSession(timeout=ClientTimeout(total=timeout)) as session:
-                async with session.get(f"http://{host}:{port}/v1/admin/status", headers=headers) as resp:
-                    if resp.status != 200:
-                        return
-                    info = await resp.json()
+            info = await fetch_status(f"{host}:{port}", self.config.cluster_token, timeout)
         except Exception as exc:
             log.debug("seed %s unreachable: %s", seed, exc)
             return
@@ -531,7 +527,13 @@ class Node:
                     continue
                 task = asyncio.create_task(self._stream(state.epoch, t.partition, t.target))
                 self._transfer_tasks[key] = task
-                task.add_done_callback(lambda _t, k=key: self._transfer_tasks.pop(k, None))
+                task.add_done_callback(self._transfer_finished(key))
+
+    def _transfer_finished(self, key: tuple[int, str]) -> Callable[[asyncio.Task[None]], None]:
+        def done(_task: asyncio.Task[None]) -> None:
+            self._transfer_tasks.pop(key, None)
+
+        return done
 
     async def _stream(self, epoch: int, p: int, target: str) -> None:
         state = self.require_state()
@@ -542,12 +544,16 @@ class Node:
         total = sum(1 for _ in self.storage.iter_range(Family.OBJECTS, start, end))
         progress = TransferProgress(p, self.node_id, target, 0, total)
         if saved is not None:
-            progress.keys_done = sum(1 for _ in self.storage.iter_range(Family.OBJECTS, start, saved))
+            progress.keys_done = sum(
+                1 for _ in self.storage.iter_range(Family.OBJECTS, start, saved)
+            )
         self.transfers[(p, target)] = progress
         timeout = max(5.0, self.config.request_timeout_ms / 1000)
         try:
             while True:
-                batch = self.storage.scan(Family.OBJECTS, cursor, end, self.config.transfer_batch_keys)
+                batch = self.storage.scan(
+                    Family.OBJECTS, cursor, end, self.config.transfer_batch_keys
+                )
                 if batch:
                     while True:
                         try:
@@ -631,20 +637,11 @@ class Node:
         return member.node
 
     async def _fetch_member(self, address: str) -> Member:
-        from aiohttp import ClientSession, ClientTimeout
-
-        headers = {"Authorization": f"Bearer {self.config.cluster_token}"} if self.config.cluster_token else {}
         try:
-            async with ClientSession(timeout=ClientTimeout(total=5)) as session:
-                async with session.get(f"http://{address}/v1/admin/status", headers=headers) as resp:
-                    if resp.status != 200:
-                        raise NotFound(f"node at {address} answered {resp.status}")
-                    info = await resp.json()
-        except NotFound:
-            raise
+            info = await fetch_status(address, self.config.cluster_token, 5.0)
+            return Member(str(info["node"]), address, str(info["peer_address"]), "joining")
         except Exception as exc:
             raise NotFound(f"no dynamo node reachable at {address}: {exc}") from None
-        return Member(str(info["node"]), address, str(info["peer_address"]), "joining")
 
     def stage_leave(self, node: str) -> None:
         state = self.require_state()
@@ -751,6 +748,23 @@ class Node:
                 for p in range(state.partitions)
             ],
         }
+
+
+async def fetch_status(address: str, token: str, timeout: float) -> dict[str, Any]:
+    """GET another node's /v1/admin/status by HTTP address (used before its id is known)."""
+    from aiohttp import ClientSession, ClientTimeout
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with (
+        ClientSession(timeout=ClientTimeout(total=timeout)) as session,
+        session.get(f"http://{address}/v1/admin/status", headers=headers) as resp,
+    ):
+        if resp.status != 200:
+            raise PeerError(f"{address} answered {resp.status}")
+        info = await resp.json()
+    if not isinstance(info, dict):
+        raise PeerError(f"{address} sent a malformed status")
+    return info
 
 
 def _rfc3339(ts: float | None) -> str | None:

@@ -30,7 +30,9 @@ def _err(description: str) -> dict[str, Any]:
     }
 
 
-_CTX_HEADER = {"X-Dynamo-Context": {"schema": {"type": "string"}, "description": "opaque causal context"}}
+_CTX_HEADER = {
+    "X-Dynamo-Context": {"schema": {"type": "string"}, "description": "opaque causal context"}
+}
 
 _KEY = {
     "name": "key",
@@ -83,7 +85,9 @@ def openapi_document() -> dict[str, Any]:
                             "description": "concurrent versions (siblings)",
                             "headers": _CTX_HEADER,
                             "content": {
-                                "application/json": {"schema": {"$ref": "#/components/schemas/Siblings"}}
+                                "application/json": {
+                                    "schema": {"$ref": "#/components/schemas/Siblings"}
+                                }
                             },
                         },
                         "404": _err("absent or deleted"),
@@ -95,7 +99,11 @@ def openapi_document() -> dict[str, Any]:
                     "parameters": [_W, _TIMEOUT, _CTX],
                     "requestBody": {
                         "required": False,
-                        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+                        "content": {
+                            "application/octet-stream": {
+                                "schema": {"type": "string", "format": "binary"}
+                            }
+                        },
                     },
                     "responses": {
                         "204": {"description": "written", "headers": _CTX_HEADER},
@@ -106,39 +114,149 @@ def openapi_document() -> dict[str, Any]:
                 "delete": {
                     "summary": "Delete (write a tombstone superseding the context)",
                     "parameters": [_W, _TIMEOUT, _CTX],
-                    "responses": {"204": {"description": "deleted", "headers": _CTX_HEADER}, **_COMMON_ERRORS},
+                    "responses": {
+                        "204": {"description": "deleted", "headers": _CTX_HEADER},
+                        **_COMMON_ERRORS,
+                    },
                 },
             },
-            "/v1/admin/status": {"get": {"summary": "This node's view", "responses": {"200": _json({"$ref": "#/components/schemas/Status"}), **_COMMON_ERRORS}}},
-            "/v1/admin/ring": {"get": {"summary": "Partitions, owners, preference lists", "responses": {"200": _json({"$ref": "#/components/schemas/Ring"}), **_COMMON_ERRORS}}},
+            "/v1/admin/status": {
+                "get": {
+                    "summary": "This node's view",
+                    "responses": {
+                        "200": _json({"$ref": "#/components/schemas/Status"}),
+                        **_COMMON_ERRORS,
+                    },
+                }
+            },
+            "/v1/admin/ring": {
+                "get": {
+                    "summary": "Partitions, owners, preference lists",
+                    "responses": {
+                        "200": _json({"$ref": "#/components/schemas/Ring"}),
+                        **_COMMON_ERRORS,
+                    },
+                }
+            },
             "/v1/admin/join": {
                 "post": {
                     "summary": "Stage a running node joining",
-                    "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object", "required": ["address"], "properties": {"address": {"type": "string"}}}}}},
-                    "responses": {"202": _json(obj, "staged"), "404": _err("no node there"), "409": _err("conflicts with the ring"), **_COMMON_ERRORS},
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["address"],
+                                    "properties": {"address": {"type": "string"}},
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "202": _json(obj, "staged"),
+                        "404": _err("no node there"),
+                        "409": _err("conflicts with the ring"),
+                        **_COMMON_ERRORS,
+                    },
                 }
             },
             "/v1/admin/leave": {
                 "post": {
                     "summary": "Stage a node leaving",
-                    "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object", "required": ["node"], "properties": {"node": {"type": "string"}}}}}},
-                    "responses": {"202": _json(obj, "staged"), "404": _err("unknown node"), "409": _err("conflicts with the ring"), **_COMMON_ERRORS},
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["node"],
+                                    "properties": {"node": {"type": "string"}},
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "202": _json(obj, "staged"),
+                        "404": _err("unknown node"),
+                        "409": _err("conflicts with the ring"),
+                        **_COMMON_ERRORS,
+                    },
                 }
             },
             "/v1/admin/plan": {
-                "get": {"summary": "The staged change and its transfers", "responses": {"200": _json(obj), "409": _err("plan not possible now"), **_COMMON_ERRORS}},
-                "delete": {"summary": "Discard the staged change", "responses": {"200": _json(obj), **_COMMON_ERRORS}},
+                "get": {
+                    "summary": "The staged change and its transfers",
+                    "responses": {
+                        "200": _json(obj),
+                        "409": _err("plan not possible now"),
+                        **_COMMON_ERRORS,
+                    },
+                },
+                "delete": {
+                    "summary": "Discard the staged change",
+                    "responses": {"200": _json(obj), **_COMMON_ERRORS},
+                },
             },
-            "/v1/admin/commit": {"post": {"summary": "Commit the staged change", "responses": {"200": _json(obj), "409": _err("nothing staged or busy"), **_COMMON_ERRORS}}},
-            "/v1/admin/anti-entropy": {"post": {"summary": "Start a full anti-entropy pass", "responses": {"202": _json({"type": "object", "required": ["job"], "properties": {"job": {"type": "string"}}}), **_COMMON_ERRORS}}},
+            "/v1/admin/commit": {
+                "post": {
+                    "summary": "Commit the staged change",
+                    "responses": {
+                        "200": _json(obj),
+                        "409": _err("nothing staged or busy"),
+                        **_COMMON_ERRORS,
+                    },
+                }
+            },
+            "/v1/admin/anti-entropy": {
+                "post": {
+                    "summary": "Start a full anti-entropy pass",
+                    "responses": {
+                        "202": _json(
+                            {
+                                "type": "object",
+                                "required": ["job"],
+                                "properties": {"job": {"type": "string"}},
+                            }
+                        ),
+                        **_COMMON_ERRORS,
+                    },
+                }
+            },
             "/v1/admin/jobs/{job_id}": {
-                "parameters": [{"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}],
-                "get": {"summary": "A job's progress", "responses": {"200": _json({"$ref": "#/components/schemas/Job"}), "404": _err("no such job"), **_COMMON_ERRORS}},
+                "parameters": [
+                    {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
+                "get": {
+                    "summary": "A job's progress",
+                    "responses": {
+                        "200": _json({"$ref": "#/components/schemas/Job"}),
+                        "404": _err("no such job"),
+                        **_COMMON_ERRORS,
+                    },
+                },
             },
             "/healthz": {"get": {"summary": "Liveness", "responses": {"200": _json(obj)}}},
-            "/readyz": {"get": {"summary": "Readiness", "responses": {"200": _json(obj), "503": _err("not ready")}}},
-            "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text exposition", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
-            "/openapi.json": {"get": {"summary": "This document", "responses": {"200": _json(obj)}}},
+            "/readyz": {
+                "get": {
+                    "summary": "Readiness",
+                    "responses": {"200": _json(obj), "503": _err("not ready")},
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics",
+                    "responses": {
+                        "200": {
+                            "description": "text exposition",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        }
+                    },
+                }
+            },
+            "/openapi.json": {
+                "get": {"summary": "This document", "responses": {"200": _json(obj)}}
+            },
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
@@ -155,23 +273,59 @@ def openapi_document() -> dict[str, Any]:
                             "items": {
                                 "type": "object",
                                 "required": ["content_type", "value_b64"],
-                                "properties": {"content_type": {"type": "string"}, "value_b64": {"type": "string"}},
+                                "properties": {
+                                    "content_type": {"type": "string"},
+                                    "value_b64": {"type": "string"},
+                                },
                             },
                         },
                     },
                 },
                 "Status": {
                     "type": "object",
-                    "required": ["node", "address", "state", "ring_version", "members", "partitions", "hints_pending", "transfers", "last_anti_entropy"],
+                    "required": [
+                        "node",
+                        "address",
+                        "state",
+                        "ring_version",
+                        "members",
+                        "partitions",
+                        "hints_pending",
+                        "transfers",
+                        "last_anti_entropy",
+                    ],
                     "properties": {
                         "node": {"type": "string"},
                         "address": {"type": "string"},
-                        "state": {"type": "string", "enum": ["joining", "up", "down", "leaving", "left"]},
+                        "state": {
+                            "type": "string",
+                            "enum": ["joining", "up", "down", "leaving", "left"],
+                        },
                         "ring_version": {"type": "integer"},
-                        "members": {"type": "array", "items": {"type": "object", "required": ["node", "address", "state"], "properties": {"node": {"type": "string"}, "address": {"type": "string"}, "state": {"type": "string", "enum": ["joining", "up", "down", "leaving", "left"]}}}},
+                        "members": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["node", "address", "state"],
+                                "properties": {
+                                    "node": {"type": "string"},
+                                    "address": {"type": "string"},
+                                    "state": {
+                                        "type": "string",
+                                        "enum": ["joining", "up", "down", "leaving", "left"],
+                                    },
+                                },
+                            },
+                        },
                         "partitions": {"type": "array", "items": {"type": "integer"}},
                         "hints_pending": {"type": "integer"},
-                        "transfers": {"type": "array", "items": {"type": "object", "required": ["partition", "from", "to", "keys_done", "keys_total"]}},
+                        "transfers": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["partition", "from", "to", "keys_done", "keys_total"],
+                            },
+                        },
                         "last_anti_entropy": {"type": "string", "nullable": True},
                     },
                 },
@@ -180,7 +334,21 @@ def openapi_document() -> dict[str, Any]:
                     "required": ["ring_version", "partitions"],
                     "properties": {
                         "ring_version": {"type": "integer"},
-                        "partitions": {"type": "array", "items": {"type": "object", "required": ["id", "owner", "preference_list"], "properties": {"id": {"type": "integer"}, "owner": {"type": "string"}, "preference_list": {"type": "array", "items": {"type": "string"}}}}},
+                        "partitions": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["id", "owner", "preference_list"],
+                                "properties": {
+                                    "id": {"type": "integer"},
+                                    "owner": {"type": "string"},
+                                    "preference_list": {
+                                        "type": "array",
+                                        "items": {"type": "string"},
+                                    },
+                                },
+                            },
+                        },
                     },
                 },
                 "Job": {

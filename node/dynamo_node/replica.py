@@ -93,7 +93,11 @@ class Replica:
         return self._counter
 
     def new_version(
-        self, current: Object, context: VClock, value: bytes | None, content_type: str,
+        self,
+        current: Object,
+        context: VClock,
+        value: bytes | None,
+        content_type: str,
         ops: list[Op],
     ) -> Object:
         """`current` with a new version coordinated by this node (a fresh dot). Appends

@@ -17,7 +17,7 @@ import hmac
 import logging
 import struct
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import msgpack
 
@@ -67,8 +67,8 @@ class _ServerProtocol(asyncio.Protocol):
         self._tasks: set[asyncio.Task[None]] = set()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # uvloop's transports implement the interface without subclassing it
+        self._transport = cast(asyncio.Transport, transport)
         self._server.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -167,8 +167,7 @@ class _ClientProtocol(asyncio.Protocol):
         self.closed = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -197,7 +196,7 @@ class _ClientProtocol(asyncio.Protocol):
             if status == 0:
                 fut.set_result(result)
             else:
-                code, message = (result + ["", ""])[:2] if isinstance(result, list) else ("", "")
+                code, message = ([*result, "", ""])[:2] if isinstance(result, list) else ("", "")
                 fut.set_exception(RemoteError(str(code), str(message)))
 
     def send(self, msg_id: int, method: str, args: Any) -> asyncio.Future[Any]:
@@ -253,7 +252,9 @@ class TcpTransport:
         loop = asyncio.get_running_loop()
         try:
             _, proto = await asyncio.wait_for(
-                loop.create_connection(lambda: _ClientProtocol(node), addr[0], addr[1], ssl=self._ssl),
+                loop.create_connection(
+                    lambda: _ClientProtocol(node), addr[0], addr[1], ssl=self._ssl
+                ),
                 self._connect_timeout,
             )
         except (OSError, TimeoutError) as exc:

@@ -132,7 +132,9 @@ def make_middleware(node: Node, metrics: Metrics) -> Any:
         except Exception:
             log.exception("unhandled error in %s %s", request.method, request.path)
             response = error_response(500, "internal", "internal error (logged on the node)")
-        metrics.observe(_route_name(request), request.method, response.status, time.perf_counter() - start)
+        metrics.observe(
+            _route_name(request), request.method, response.status, time.perf_counter() - start
+        )
         return response
 
     return middleware
@@ -222,7 +224,9 @@ class KvHandlers:
         else:
             value = await read_body(request, self.config.value_max_bytes)
             content_type = request.headers.get("Content-Type", DEFAULT_CONTENT_TYPE)[:256]
-        obj = await self.node.coordinator.put(storage_key(key), context, value, content_type, w, timeout_ms)
+        obj = await self.node.coordinator.put(
+            storage_key(key), context, value, content_type, w, timeout_ms
+        )
         return web.Response(status=204, headers={CONTEXT_HEADER: self.codec.encode(obj.context())})
 
     async def put(self, request: web.Request) -> web.Response:
@@ -261,7 +265,9 @@ class AdminHandlers:
         if not isinstance(address, str) or not address:
             raise InvalidRequest('expected {"address": "HOST:PORT"}')
         node_id = await self.node.stage_join(address)
-        return web.json_response({"staged": "join", "node": node_id, "address": address}, status=202)
+        return web.json_response(
+            {"staged": "join", "node": node_id, "address": address}, status=202
+        )
 
     async def leave(self, request: web.Request) -> web.Response:
         body = await _json_body(request)
@@ -334,7 +340,9 @@ def build_app(node: Node, metrics: Metrics | None = None) -> web.Application:
         return web.json_response({"status": "ready", "ring_version": node.state.version})
 
     async def metrics_handler(request: web.Request) -> web.Response:
-        return web.Response(body=metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4"})
+        return web.Response(
+            body=metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4"}
+        )
 
     async def openapi(request: web.Request) -> web.Response:
         return web.json_response(openapi_document())

@@ -25,7 +25,7 @@ from dynamo_node.client import (
     _error_from,
     split_node,
 )
-from tests.harness import Cluster, free_port
+from tests.harness import Cluster, free_port, wait_for
 
 JSON = "application/json"
 AWKWARD_KEYS = ["a/b/c", "with space", "ünïcödé/ключ/鍵", "100%", "?q=1&x#frag", "a%2Fb"]
@@ -104,6 +104,7 @@ def test_get_result_properties() -> None:
 
 
 # --- against a node ------------------------------------------------------------------------
+
 
 @pytest.mark.cluster
 def test_put_get_round_trip_with_content_type(procs: Cluster) -> None:
@@ -218,6 +219,9 @@ def test_errors_are_typed(procs: Cluster) -> None:
             client.leave("no-such-node")
         with pytest.raises(NotFound):
             client.job("no-such-job")
+        job_id = client.anti_entropy()
+        job = wait_for(lambda: (j := client.job(job_id))["state"] != "running" and j, 20)
+        assert (job["id"], job["state"]) == (job_id, "done")
         # the connection is still usable after errors
         client.put("k", b"fine")
         assert client.get("k").value == b"fine"

@@ -39,8 +39,11 @@ def test_writes_survive_a_killed_node_and_hints_bring_it_back(procs: Cluster) ->
     hints = sum(procs.status(n)["hints_pending"] for n in (n0, n1))
     assert hints >= 20
     procs.start(n2)
-    wait_for(lambda: sum(procs.status(n)["hints_pending"] for n in (n0, n1)) == 0, 30,
-             what="hints delivered")
+    wait_for(
+        lambda: sum(procs.status(n)["hints_pending"] for n in (n0, n1)) == 0,
+        30,
+        what="hints delivered",
+    )
     # n2 alone serves what it missed
     procs.pause(n0)
     procs.pause(n1)

@@ -223,11 +223,11 @@ async def test_deliver_once_pages_through_many_hints(hints: HintStore) -> None:
     assert hints.pending == 0
 
 
-async def test_a_corrupt_hint_is_ignored_not_fatal(storage: MemoryStorage, hints: HintStore) -> None:
+async def test_a_corrupt_hint_is_ignored_not_fatal(
+    storage: MemoryStorage, hints: HintStore
+) -> None:
     storage.write([(Family.HINTS, hint_key(K1, "n2"), b"\xc1 not msgpack")])
     assert hints.read(K1, "n2").empty
     hints.store(K1, "n2", version("x", 1, b"a"))  # replaces the garbage
     assert values(hints.read(K1, "n2")) == {b"a"}
-    assert encode_object(hints.read(K1, "n2")) == storage.get(
-        Family.HINTS, hint_key(K1, "n2")
-    )
+    assert encode_object(hints.read(K1, "n2")) == storage.get(Family.HINTS, hint_key(K1, "n2"))

@@ -66,8 +66,8 @@ def open_storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ope
     opened: list[Storage] = []
 
     def opener() -> Storage:
-        s: Storage = MemoryStorage() if request.param == "memory" else RocksStorage(
-            str(tmp_path / "db")
+        s: Storage = (
+            MemoryStorage() if request.param == "memory" else RocksStorage(str(tmp_path / "db"))
         )
         opened.append(s)
         return s
@@ -408,9 +408,7 @@ def test_scanning_a_partition_returns_exactly_its_keys(storage: Storage, q: int)
         start, end = partition_keys(p, q)
         got = [user_key(k) for k, _ in storage.scan(Family.OBJECTS, start, end)]
         assert all(partition_of(key_hash(k.encode()), q) == p for k in got)
-        assert sorted(got) == sorted(
-            k for k in keys if partition_of(key_hash(k.encode()), q) == p
-        )
+        assert sorted(got) == sorted(k for k in keys if partition_of(key_hash(k.encode()), q) == p)
         seen.extend(got)
     assert sorted(seen) == sorted(keys)
 

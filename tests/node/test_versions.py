@@ -15,7 +15,7 @@ import itertools
 from dataclasses import dataclass, field
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from dynamo_node.vclock import Dot, VClock
@@ -193,6 +193,15 @@ def check_prune_rules(sim: Sim, a: Object, b: Object, res: SyncResult) -> None:
         f"ancestor kept beside its descendant with prune_suspects == 0: "
         f"{[(s, t, sim.created[t].past) for s, t in silent]}\n a={a}\n b={b}"
     )
+
+
+def resurrected(sim: Sim, obj: Object) -> bool:
+    kept = {s.dot for s in obj.siblings}
+    return any(s in sim.anc[t] for s in kept for t in kept)
+
+
+def kept_pruned_past(res: SyncResult) -> bool:
+    return any(s.past.pruned for s in res.obj.siblings)
 
 
 SLOW = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -460,29 +469,70 @@ def test_visible_hides_tombstones_in_history(n: int, ops: list) -> None:
 # --- clock pruning ---------------------------------------------------------------------------
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    st.integers(min_value=3, max_value=5),
-    st.integers(min_value=1, max_value=3),
-    st.lists(op_st, min_size=1, max_size=40),
+# biased towards what makes pruning bite: many writers, wide quorum reads, stale replicas
+PRUNE_OPS = (
+    ["put_blind"] * 3 + ["put_quorum"] * 3 + ["sync"] * 3 + ["put_stale"] * 2
+    + ["put_full", "sync2", "read", "read", "tick"]
 )
-def test_pruning_never_silently_resurrects_an_ancestor(
-    n: int, max_entries: int, ops: list
-) -> None:
-    """With tiny clocks and no minimum age, a later version whose past was pruned, synced
-    with its ancestor, either drops the ancestor or reports prune_suspects > 0; and sync
-    never drops a version that is not an ancestor of a kept one."""
-    sim = Sim(n, max_entries=max_entries, min_age=0, check_prune_rules=True)
-    run(sim, ops)
-    # and once more over the whole cluster and over arbitrary pairs of historical states
+prune_op_st = st.tuples(
+    st.sampled_from(PRUNE_OPS),
+    st.integers(min_value=0, max_value=63),
+    st.integers(min_value=0, max_value=63),
+    st.booleans(),
+)
+
+
+PRUNE = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+prune_ops_st = st.lists(prune_op_st, min_size=15, max_size=50)
+
+
+def check_pruned_history(sim: Sim) -> None:
     final = sim.replicas
     res = sync_all(final)
     union = {s.dot for o in final for s in o.siblings}
     kept = {s.dot for s in res.obj.siblings}
     for dropped in union - kept:
         assert any(dropped in sim.anc[k] for k in kept)
+    # and over arbitrary pairs of (recent) historical states
     for a, b in itertools.combinations([*sim.snapshots[-12:], *final], 2):
         check_prune_rules(sim, a, b, sync(a, b))
+    # coverage of the interesting cases (see --hypothesis-show-statistics)
+    event(f"pruned pasts: {min(sum(s.past.pruned for s in sim.created.values()), 3)}+")
+    results = [res for _a, _b, res in sim.sync_results]
+    event(f"sync result holds a pruned past: {any(kept_pruned_past(r) for r in results)}")
+    event(f"sync reported suspects: {any(r.prune_suspects for r in results)}")
+    event(f"ancestor resurrected: {any(resurrected(sim, r.obj) for r in results)}")
+
+
+@PRUNE
+@given(st.integers(min_value=3, max_value=6), st.integers(min_value=1, max_value=3), prune_ops_st)
+def test_pruning_never_silently_resurrects_an_ancestor(
+    n: int, max_entries: int, ops: list
+) -> None:
+    """With tiny clocks and no minimum age, a later version whose past was pruned, synced
+    with its ancestor, either drops the ancestor or reports prune_suspects > 0; and sync
+    never drops a version that is not an ancestor of a kept one (node clocks in step)."""
+    sim = Sim(n, max_entries=max_entries, min_age=0, check_prune_rules=True)
+    run(sim, ops)
+    check_pruned_history(sim)
+
+
+@PRUNE
+@given(
+    st.integers(min_value=3, max_value=6),
+    st.integers(min_value=1, max_value=3),
+    prune_ops_st,
+    st.lists(st.integers(min_value=-2_000, max_value=2_000), min_size=6, max_size=6),
+)
+def test_pruning_never_silently_resurrects_an_ancestor_with_clock_skew(
+    n: int, max_entries: int, ops: list, skew: list[int]
+) -> None:
+    """The same, with each node's wall clock off by up to +-2 s (timestamps are only used
+    to choose what to prune, so skew may change *what* is pruned but must not make a
+    resurrection silent)."""
+    sim = Sim(n, max_entries=max_entries, min_age=0, skew=tuple(skew), check_prune_rules=True)
+    run(sim, ops)
+    check_pruned_history(sim)
 
 
 def test_pruning_resurrection_is_reported_example() -> None:
