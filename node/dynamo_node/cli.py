@@ -443,14 +443,19 @@ def _deadline(args: argparse.Namespace) -> float:
     return time.monotonic() + float(args.wait_timeout)
 
 
-def wait_for_transfers(client: DynamoClient, deadline: float) -> bool:
-    """Poll status until no transfer is pending, drawing progress; False on timeout."""
+def wait_for_transfers(client: DynamoClient, deadline: float, expected: int = 0) -> bool:
+    """Poll status until no transfer is pending, drawing progress; False on timeout.
+
+    Key counts are known only for transfers in flight from the polled node, so the
+    keys shown are those seen moving so far.
+    """
     progress = _Progress()
     keys: dict[tuple[str, str], tuple[int, int]] = {}  # (partition, target) -> done, total
+    total = expected  # the largest number of transfers the plan was seen to imply
     while True:
         status = client.status()
         pending = status.get("transfers", [])
-        total = max(int(status.get("transfers_total") or 0), len(pending))
+        total = max(total, int(status.get("transfers_total") or 0), len(pending))
         live = set()
         for t in pending:
             ident = (str(t.get("partition")), str(t.get("to")))
@@ -463,12 +468,12 @@ def wait_for_transfers(client: DynamoClient, deadline: float) -> bool:
         keys_done = sum(done for done, _ in keys.values())
         keys_total = sum(size for _, size in keys.values())
         if not pending:
-            progress.finish(f"transfers complete ({keys_done} keys moved)")
+            moved = f", {keys_done} keys" if keys_total else ""
+            progress.finish(f"transfers complete: {total} partitions{moved}")
             return True
         done = total - len(pending)
-        progress.show(
-            f"{progress_bar(done, total)}  partitions {done}/{total}  keys {keys_done}/{keys_total}"
-        )
+        key_text = f"{keys_done}/{keys_total}" if keys_total else "-"
+        progress.show(f"{progress_bar(done, total)}  partitions {done}/{total}  keys {key_text}")
         if time.monotonic() >= deadline:
             progress.finish(progress.last + "  (timed out)")
             return False
@@ -484,7 +489,8 @@ def cmd_commit(client: DynamoClient, args: argparse.Namespace) -> int:
             f"committed: ring version {answer.get('ring_version')}, "
             f"{answer.get('transfers', 0)} partition transfers"
         )
-    if args.wait and not wait_for_transfers(client, _deadline(args)):
+    expected = int(answer.get("transfers") or 0)
+    if args.wait and not wait_for_transfers(client, _deadline(args), expected):
         _err(f"{PROG}: transfers still running after {args.wait_timeout:g}s")
         return EXIT_OTHER
     return EXIT_OK

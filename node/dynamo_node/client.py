@@ -73,11 +73,11 @@ class ClientError(Exception):
         return self.message
 
 
-class NotFound(ClientError):  # noqa: N818 - public API names
+class NotFound(ClientError):
     """404: no such key (see `GetResult.found` for reads), job or node."""
 
 
-class BadRequest(ClientError):  # noqa: N818 - public API names
+class BadRequest(ClientError):
     """400 or 413: the request was invalid (key, context, quorum, value size)."""
 
 
@@ -85,7 +85,7 @@ class AuthError(ClientError):
     """401 or 403: the token is missing, wrong, or lacks the scope (admin) needed."""
 
 
-class Unavailable(ClientError):  # noqa: N818 - public API names
+class Unavailable(ClientError):
     """503: the node or the replicas could not serve the request now.
 
     When a quorum was not met, `required` and `answered` say how many replicas were
@@ -105,7 +105,7 @@ class Unavailable(ClientError):  # noqa: N818 - public API names
         self.answered = answered
 
 
-class ConnectionFailed(ClientError):  # noqa: N818 - public API names
+class ConnectionFailed(ClientError):
     """The node could not be reached (refused, reset, DNS, timed out)."""
 
     def __init__(self, message: str) -> None:

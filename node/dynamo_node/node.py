@@ -32,6 +32,7 @@ from .codec import CodecError, clock_from_wire, decode_object, encode_object
 from .config import NodeConfig
 from .coordinator import Coordinator, Placement
 from .durability import GroupCommit
+from .gossip import pick_peer
 from .errors import Conflict, InvalidRequest, NotFound, PeerError, Unavailable
 from .hints import HintStore
 from .liveness import FailureDetector
@@ -132,6 +133,7 @@ class Node:
         )
         self.rpc_handlers: dict[str, Callable[[Any, str], Any]] = {}
         self._seed_addresses: dict[str, tuple[str, int]] = {}
+        self._rng = random.Random()
         from .antientropy import AntiEntropy
 
         self.anti_entropy = AntiEntropy(self)
@@ -429,8 +431,9 @@ class Node:
         targets = [node] if node else [n for n, _ in self._gossip_targets()]
         if not targets:
             return
-        peer = targets[0] if node else random.choice(targets)
-        await self._exchange(peer, timeout)
+        peer = targets[0] if node else pick_peer(self.node_id, targets, self._rng)
+        if peer is not None:
+            await self._exchange(peer, timeout)
 
     async def _exchange(self, peer: str, timeout: float) -> None:
         try:

@@ -149,7 +149,6 @@ def test_plan_and_commit_a_leave() -> None:
     assert all(t.target != "d" for t in new.transfers())
     done = finish(new)
     assert done.members["d"].status == "left"
-    assert done.members["d"].gen == new.members["d"].gen + 1
     assert done.ring.nodes() == ("a", "b", "c")
     assert done.replicas_of("d") == [] and done.owned_by("d") == []
     # a node that left can be joined again

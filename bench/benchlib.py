@@ -1,0 +1,369 @@
+"""Shared plumbing of the benchmarks: core pinning, process CPU accounting, node and
+cluster start-up (through tests/harness.py), percentiles, tables, JSON results, and
+py-spy profiles summarised per function and per module.
+
+Not a benchmark itself; `bench/*.py` scripts import it (they run as plain scripts, so
+`bench/` is on sys.path).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+RESULTS_DIR = BENCH_DIR / "results"
+SERVER_CORE = 0
+LOAD_CORE = 1
+
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+
+# --- cores and CPU time -----------------------------------------------------------------
+def check_cores() -> None:
+    cpus = os.sched_getaffinity(0)
+    if not {SERVER_CORE, LOAD_CORE} <= cpus:
+        raise SystemExit(f"need cores {SERVER_CORE} and {LOAD_CORE}; this process may use {cpus}")
+    if shutil.which("taskset") is None:
+        raise SystemExit("taskset (util-linux) is required")
+
+
+def pin_self(core: int = LOAD_CORE) -> None:
+    """Pin this process (the load generator / client) to one core."""
+    os.sched_setaffinity(0, {core})
+
+
+def taskset(core: int | str, argv: Sequence[str]) -> list[str]:
+    return ["taskset", "-c", str(core), *argv]
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """user+system CPU seconds of a process, all its threads (from /proc/PID/stat)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    # fields[0] is state (field 3); utime = field 14, stime = field 15
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def core_times() -> dict[int, tuple[float, float]]:
+    """Per core: (busy seconds, total seconds) since boot, from /proc/stat."""
+    out: dict[int, tuple[float, float]] = {}
+    with open("/proc/stat", encoding="ascii") as f:
+        for line in f:
+            if not line.startswith("cpu") or line.startswith("cpu "):
+                continue
+            name, *vals = line.split()
+            nums = [int(v) for v in vals]
+            idle = nums[3] + (nums[4] if len(nums) > 4 else 0)
+            total = sum(nums[:8])
+            out[int(name[3:])] = ((total - idle) / _TICK, total / _TICK)
+    return out
+
+
+class CpuMeter:
+    """CPU use of given processes, of this process and of each core over an interval."""
+
+    def __init__(self, pids: Sequence[int] = ()) -> None:
+        self.pids = list(pids)
+        self.start()
+
+    def start(self) -> None:
+        self._t0 = time.monotonic()
+        self._self0 = time.process_time()
+        self._procs0 = [proc_cpu_seconds(p) for p in self.pids]
+        self._cores0 = core_times()
+
+    def stop(self) -> dict[str, Any]:
+        wall = max(1e-9, time.monotonic() - self._t0)
+        procs = [proc_cpu_seconds(p) - c for p, c in zip(self.pids, self._procs0, strict=True)]
+        cores1 = core_times()
+        cores: dict[str, float] = {}
+        for core, (busy1, total1) in cores1.items():
+            busy0, total0 = self._cores0.get(core, (0.0, 0.0))
+            cores[f"core{core}_busy_pct"] = round(
+                100 * (busy1 - busy0) / max(1e-9, total1 - total0), 1
+            )
+        return {
+            "wall_s": round(wall, 3),
+            "server_cpu_s": round(sum(procs), 3),
+            "server_cpu_pct": round(100 * sum(procs) / wall, 1),
+            "loadgen_cpu_s": round(time.process_time() - self._self0, 3),
+            "loadgen_cpu_pct": round(100 * (time.process_time() - self._self0) / wall, 1),
+            **cores,
+            "loadavg_1m": os.getloadavg()[0],
+        }
+
+
+# --- statistics and output -----------------------------------------------------------------
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    idx = min(len(sorted_values) - 1, max(0, round(q / 100 * len(sorted_values) + 0.5) - 1))
+    return float(sorted_values[idx])
+
+
+def fmt(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if value != value:  # NaN
+            return "-"
+        if abs(value) >= 1000:
+            return f"{value:,.0f}"
+        return f"{value:.{digits}f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[fmt(c) for c in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in cells:
+        for i, c in enumerate(row):
+            widths[i] = max(widths[i], len(c))
+    line = "  ".join(h.ljust(widths[i]) for i, h in enumerate(headers))
+    out = [line, "  ".join("-" * w for w in widths)]
+    for row in cells:
+        out.append(
+            "  ".join(c.rjust(widths[i]) if i else c.ljust(widths[i]) for i, c in enumerate(row))
+        )
+    return "\n".join(out)
+
+
+def environment() -> dict[str, Any]:
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(
+                ["git", *args], cwd=REPO, capture_output=True, text=True, check=False, timeout=10
+            ).stdout.strip()
+        except OSError:
+            return ""
+
+    cpu_model = ""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    return {
+        "time": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "host": platform.node(),
+        "cpu": cpu_model,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "git_commit": git("rev-parse", "--short", "HEAD"),
+        "git_dirty_files": [line for line in git("status", "--short").splitlines() if line],
+        "loadavg_at_start": os.getloadavg(),
+    }
+
+
+def write_results(name: str, payload: dict[str, Any]) -> Path:
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"{name}.json"
+    path.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    return path
+
+
+@contextlib.contextmanager
+def temp_root(prefix: str, keep: bool = False) -> Iterator[Path]:
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield root
+    finally:
+        if keep:
+            print(f"(kept {root})")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+# --- processes -------------------------------------------------------------------------------
+def stop_process(proc: subprocess.Popen[Any], timeout: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL after `timeout`; only this very process (by its PID)."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+def dynamo_cluster(root: Path, core: int = SERVER_CORE) -> Any:
+    """A tests.harness.Cluster whose node processes all run pinned to `core`."""
+    from tests.harness import Cluster
+
+    class PinnedCluster(Cluster):
+        def start(self, node: Any, wait: bool = True) -> None:
+            if node.args[0] != "taskset":
+                node.args = taskset(core, node.args)
+            super().start(node, wait)
+
+    return PinnedCluster(root, env={"DYNAMO_LOG_LEVEL": "WARNING"})
+
+
+def set_node_option(node: Any, option: str, value: str) -> None:
+    """Change (or add) `--option value` in a harness node's command line (for restarts)."""
+    args: list[str] = node.args
+    if option in args:
+        args[args.index(option) + 1] = value
+    else:
+        args += [option, value]
+
+
+# --- profiles ----------------------------------------------------------------------------------
+@dataclass
+class Profile:
+    path: Path
+    samples: int
+    by_function_self: list[tuple[str, int]]
+    by_function_total: list[tuple[str, int]]
+    by_module_self: list[tuple[str, int]]
+    by_module_total: list[tuple[str, int]]
+
+    def to_dict(self, top: int = 25) -> dict[str, Any]:
+        def pct(rows: list[tuple[str, int]]) -> list[dict[str, Any]]:
+            return [
+                {"name": n, "samples": c, "pct": round(100 * c / max(1, self.samples), 1)}
+                for n, c in rows[:top]
+            ]
+
+        return {
+            "raw_file": str(self.path.relative_to(REPO) if self.path.is_relative_to(REPO) else
+                            self.path),
+            "samples": self.samples,
+            "self_by_function": pct(self.by_function_self),
+            "total_by_function": pct(self.by_function_total),
+            "self_by_module": pct(self.by_module_self),
+            "total_by_module": pct(self.by_module_total),
+        }
+
+    def report(self, title: str, top: int = 15) -> str:
+        def block(name: str, rows: list[tuple[str, int]]) -> str:
+            lines = [f"  {name}:"]
+            for label, count in rows[:top]:
+                lines.append(f"    {100 * count / max(1, self.samples):5.1f}%  {label}")
+            return "\n".join(lines)
+
+        return "\n".join(
+            [
+                f"profile {title}: {self.samples} samples (CPU-active only), {self.path.name}",
+                block("self time by module", self.by_module_self),
+                block("inclusive time by module", self.by_module_total),
+                block("self time by function", self.by_function_self),
+                block("inclusive time by function", self.by_function_total),
+            ]
+        )
+
+
+def _frame_parts(frame: str) -> tuple[str, str]:
+    """py-spy raw frame 'func (path/to/file.py:123)' -> ('func (file.py)', 'module')."""
+    func, _, where = frame.partition(" (")
+    where = where.rstrip(")")
+    path = where.rsplit(":", 1)[0] if ":" in where else where
+    module = _module_of(path)
+    return f"{func} ({module})", module
+
+
+def _module_of(path: str) -> str:
+    if not path:
+        return "?"
+    p = path.replace("\\", "/")
+    for marker in ("/site-packages/", "/dynamo_node/", "/lib/python3"):
+        if marker in p:
+            tail = p.split(marker, 1)[1]
+            if marker == "/dynamo_node/":
+                return "dynamo_node/" + tail
+            if marker == "/lib/python3":
+                tail = "stdlib/" + tail.split("/", 1)[1] if "/" in tail else tail
+            return tail
+    return p.rsplit("/", 1)[-1]
+
+
+def summarise_profile(path: Path) -> Profile:
+    """Aggregate py-spy `--format raw` (collapsed stacks) into self/inclusive shares."""
+    fn_self: Counter[str] = Counter()
+    fn_total: Counter[str] = Counter()
+    mod_self: Counter[str] = Counter()
+    mod_total: Counter[str] = Counter()
+    samples = 0
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        stack, _, count_s = line.rpartition(" ")
+        if not stack or not count_s.isdigit():
+            continue
+        count = int(count_s)
+        frames = [f for f in stack.split(";") if f]
+        # py-spy puts the thread name first ("process 1:"/"thread (0x..)"): drop it
+        frames = [f for f in frames if " (" in f]
+        if not frames:
+            continue
+        samples += count
+        parts = [_frame_parts(f) for f in frames]
+        leaf_fn, leaf_mod = parts[-1]
+        fn_self[leaf_fn] += count
+        mod_self[leaf_mod] += count
+        for fn in {p[0] for p in parts}:
+            fn_total[fn] += count
+        for mod in {p[1] for p in parts}:
+            mod_total[mod] += count
+    return Profile(
+        path,
+        samples,
+        fn_self.most_common(),
+        fn_total.most_common(),
+        mod_self.most_common(),
+        mod_total.most_common(),
+    )
+
+
+def start_py_spy(pid: int, out: Path, seconds: float, native: bool = False) -> subprocess.Popen[Any]:
+    """Sample a process with py-spy (collapsed stacks) for `seconds`, on the load core."""
+    exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(exe).exists():
+        raise SystemExit("py-spy not found: pip install py-spy (into the venv)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    argv = [exe, "record", "-p", str(pid), "-d", str(int(seconds)), "-r", "200"]
+    argv += ["-f", "raw", "-o", str(out)]
+    if native:
+        argv.append("--native")
+    return subprocess.Popen(
+        taskset(LOAD_CORE, argv), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+
+
+def finish_py_spy(proc: subprocess.Popen[Any], out: Path, title: str) -> dict[str, Any] | None:
+    try:
+        _, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+    if not out.exists():
+        print(f"py-spy produced no profile for {title}: {err.decode(errors='replace')[-500:]}")
+        return None
+    prof = summarise_profile(out)
+    print(prof.report(title))
+    return prof.to_dict()

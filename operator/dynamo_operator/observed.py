@@ -1,0 +1,179 @@
+"""What the operator observes of one cluster, as immutable values (pure).
+
+Three sources, each parsed defensively from the JSON the APIs return:
+- `StatefulSetView`: the StatefulSet's replica count and its controller's progress
+  (`update_revision` only once the controller has observed the current generation);
+- `PodView`: one pod of the StatefulSet: ordinal, uid, readiness, template revision;
+- `NodeView`: one node's `GET /v1/admin/status` (DESIGN §5): its own membership state,
+  ring version, transfers, hints and the members as it sees them.
+
+Parsing never raises on a missing optional field; a status that lacks what the operator
+relies on (node id, state, ring version) raises `ValueError`, and the caller treats that
+node as unreachable.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+#: the label the StatefulSet controller puts on each pod: the template revision it runs
+REVISION_LABEL = "controller-revision-hash"
+
+#: member states (DESIGN §5); "left" is a node that left the ring and owns nothing
+JOINING, UP, DOWN, LEAVING, LEFT = "joining", "up", "down", "leaving", "left"
+#: own states that mean "this node is in the committed ring"
+IN_RING_STATES = frozenset({UP, LEAVING})
+
+_ORDINAL = re.compile(r"^(?P<set>.+)-(?P<ordinal>0|[1-9][0-9]*)$")
+
+
+def pod_ordinal(pod_name: str, statefulset: str) -> int | None:
+    """The ordinal of `<statefulset>-<ordinal>`, or None for any other name."""
+    match = _ORDINAL.match(pod_name)
+    if match is None or match.group("set") != statefulset:
+        return None
+    return int(match.group("ordinal"))
+
+
+def _mapping(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _int(value: object, default: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        return default
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class StatefulSetView:
+    """The StatefulSet as its controller reports it."""
+
+    replicas: int  # spec.replicas: the pods it should have
+    current_replicas: int  # status.replicas: the pods that exist
+    ready_replicas: int
+    #: the revision pods must run; None while the controller has not caught up with the
+    #: current template (then nobody can tell which pods are outdated)
+    update_revision: str | None
+
+    @classmethod
+    def from_object(cls, obj: Mapping[str, Any]) -> StatefulSetView:
+        meta, spec, status = (_mapping(obj.get(k)) for k in ("metadata", "spec", "status"))
+        generation = _int(meta.get("generation"), 0)
+        observed = _int(status.get("observedGeneration"), -1)
+        revision = status.get("updateRevision")
+        current = generation == 0 or observed >= generation
+        return cls(
+            replicas=_int(spec.get("replicas"), 1),
+            current_replicas=_int(status.get("replicas")),
+            ready_replicas=_int(status.get("readyReplicas")),
+            update_revision=str(revision) if revision and current else None,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PodView:
+    """One pod of the StatefulSet."""
+
+    name: str
+    ordinal: int
+    uid: str
+    ready: bool
+    terminating: bool
+    revision: str | None
+
+    @property
+    def serving(self) -> bool:
+        """Ready and not on its way out (a deleted pod may still pass its probe)."""
+        return self.ready and not self.terminating
+
+    @classmethod
+    def from_object(cls, obj: Mapping[str, Any], statefulset: str) -> PodView | None:
+        """The view of a pod of `statefulset`, or None for a pod that is not one of its."""
+        meta, status = _mapping(obj.get("metadata")), _mapping(obj.get("status"))
+        name = str(meta.get("name", ""))
+        ordinal = pod_ordinal(name, statefulset)
+        if ordinal is None:
+            return None
+        conditions = status.get("conditions")
+        ready = isinstance(conditions, list) and any(
+            isinstance(c, Mapping) and c.get("type") == "Ready" and c.get("status") == "True"
+            for c in conditions
+        )
+        revision = _mapping(meta.get("labels")).get(REVISION_LABEL)
+        return cls(
+            name=name,
+            ordinal=ordinal,
+            uid=str(meta.get("uid", "")),
+            ready=ready,
+            terminating=bool(meta.get("deletionTimestamp")),
+            revision=str(revision) if revision else None,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class MemberView:
+    """A ring member as one node sees it."""
+
+    name: str
+    address: str
+    state: str
+    partitions: int
+
+
+@dataclass(frozen=True, slots=True)
+class NodeView:
+    """One node's own report (`GET /v1/admin/status`)."""
+
+    name: str
+    address: str
+    state: str  # this node's own membership state: never "down"
+    ring_version: int
+    partitions: int  # partitions it owns
+    transfers: int  # partition transfers of the committed change not yet done
+    transfer_nodes: frozenset[str]  # nodes sending or receiving those transfers
+    hints_pending: int
+    members: tuple[MemberView, ...]
+    last_anti_entropy: str | None
+
+    def member(self, name: str) -> MemberView | None:
+        return next((m for m in self.members if m.name == name), None)
+
+    @classmethod
+    def from_status(cls, raw: Mapping[str, Any]) -> NodeView:
+        try:
+            name, state = str(raw["node"]), str(raw["state"])
+            ring_version = int(raw["ring_version"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"malformed node status: {exc!r}") from None
+        members = []
+        for item in raw.get("members") or ():
+            m = _mapping(item)
+            if "node" in m:
+                members.append(
+                    MemberView(
+                        name=str(m["node"]),
+                        address=str(m.get("address", "")),
+                        state=str(m.get("state", "")),
+                        partitions=_int(m.get("partitions")),
+                    )
+                )
+        transfers = [_mapping(t) for t in raw.get("transfers") or ()]
+        nodes = {str(t[k]) for t in transfers for k in ("from", "to") if k in t}
+        owned = raw.get("partitions")
+        last = raw.get("last_anti_entropy")
+        return cls(
+            name=name,
+            address=str(raw.get("address", "")),
+            state=state,
+            ring_version=ring_version,
+            partitions=len(owned) if isinstance(owned, list) else _int(owned),
+            transfers=len(transfers),
+            transfer_nodes=frozenset(nodes),
+            hints_pending=_int(raw.get("hints_pending")),
+            members=tuple(members),
+            last_anti_entropy=str(last) if last else None,
+        )
