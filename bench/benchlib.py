@@ -253,8 +253,9 @@ class Profile:
             ]
 
         return {
-            "raw_file": str(self.path.relative_to(REPO) if self.path.is_relative_to(REPO) else
-                            self.path),
+            "raw_file": str(
+                self.path.relative_to(REPO) if self.path.is_relative_to(REPO) else self.path
+            ),
             "samples": self.samples,
             "self_by_function": pct(self.by_function_self),
             "total_by_function": pct(self.by_function_total),
@@ -280,8 +281,11 @@ class Profile:
         )
 
 
+LOOP_FRAME = "[event loop: uvloop/libuv C code, syscalls]"
+
+
 def _frame_parts(frame: str) -> tuple[str, str]:
-    """py-spy raw frame 'func (path/to/file.py:123)' -> ('func (file.py)', 'module')."""
+    """py-spy raw frame 'func (pkg/file.py:123)' -> ('func (pkg/file.py)', 'pkg/file.py')."""
     func, _, where = frame.partition(" (")
     where = where.rstrip(")")
     path = where.rsplit(":", 1)[0] if ":" in where else where
@@ -290,22 +294,34 @@ def _frame_parts(frame: str) -> tuple[str, str]:
 
 
 def _module_of(path: str) -> str:
-    if not path:
-        return "?"
+    """py-spy already shortens paths to 'pkg/module.py'; shorten absolute ones alike."""
     p = path.replace("\\", "/")
-    for marker in ("/site-packages/", "/dynamo_node/", "/lib/python3"):
+    for marker in ("/site-packages/", "/node/"):
         if marker in p:
-            tail = p.split(marker, 1)[1]
-            if marker == "/dynamo_node/":
-                return "dynamo_node/" + tail
-            if marker == "/lib/python3":
-                tail = "stdlib/" + tail.split("/", 1)[1] if "/" in tail else tail
-            return tail
-    return p.rsplit("/", 1)[-1]
+            return p.split(marker, 1)[1]
+    if "/lib/python3" in p:
+        return p.split("/lib/python3", 1)[1].split("/", 1)[-1]
+    return p or "?"
+
+
+def _interesting(frames: list[str]) -> list[str] | None:
+    """Drop the thread-name pseudo frame and the start-up frames below the event loop
+    (runpy, main, uvloop.run, Runner.run); None for an idle executor thread."""
+    frames = [f for f in frames if " (" in f]
+    if not frames:
+        return None
+    if frames[-1].startswith("_worker (concurrent/futures/thread.py"):
+        return None  # executor thread waiting for work (py-spy does not see it as idle)
+    for i in range(len(frames) - 1, -1, -1):
+        if frames[i].startswith(("Runner.run (asyncio/runners.py", "run_until_complete (")):
+            rest = frames[i + 1 :]
+            return rest if rest else [LOOP_FRAME]
+    return frames
 
 
 def summarise_profile(path: Path) -> Profile:
-    """Aggregate py-spy `--format raw` (collapsed stacks) into self/inclusive shares."""
+    """Aggregate py-spy `--format raw` (collapsed stacks) into self/inclusive shares of
+    the CPU-active samples, per function and per module (file)."""
     fn_self: Counter[str] = Counter()
     fn_total: Counter[str] = Counter()
     mod_self: Counter[str] = Counter()
@@ -316,13 +332,11 @@ def summarise_profile(path: Path) -> Profile:
         if not stack or not count_s.isdigit():
             continue
         count = int(count_s)
-        frames = [f for f in stack.split(";") if f]
-        # py-spy puts the thread name first ("process 1:"/"thread (0x..)"): drop it
-        frames = [f for f in frames if " (" in f]
-        if not frames:
+        frames = _interesting(stack.split(";"))
+        if frames is None:
             continue
         samples += count
-        parts = [_frame_parts(f) for f in frames]
+        parts = [(LOOP_FRAME, LOOP_FRAME) if f == LOOP_FRAME else _frame_parts(f) for f in frames]
         leaf_fn, leaf_mod = parts[-1]
         fn_self[leaf_fn] += count
         mod_self[leaf_mod] += count
@@ -340,7 +354,9 @@ def summarise_profile(path: Path) -> Profile:
     )
 
 
-def start_py_spy(pid: int, out: Path, seconds: float, native: bool = False) -> subprocess.Popen[Any]:
+def start_py_spy(
+    pid: int, out: Path, seconds: float, native: bool = False
+) -> subprocess.Popen[Any]:
     """Sample a process with py-spy (collapsed stacks) for `seconds`, on the load core."""
     exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(exe).exists():

@@ -209,10 +209,16 @@ async def run_closed_loop(
     capture: bytes = b"",
     ok_statuses: Sequence[int] = (200, 201, 204),
     request_timeout: float = 10.0,
+    on_window: tuple[Callable[[], Any], Callable[[], Any]] | None = None,
 ) -> LoadResult:
     """`concurrency` connections spread round-robin over `targets`, each with one request
-    in flight; measure requests that start after `warmup` and end before the window's end."""
+    in flight; measure requests that start after `warmup` and end before the window's end.
+    `on_window` = (start, stop) callbacks run when the measured window opens and closes
+    (e.g. to meter CPU over exactly that window)."""
     loop = asyncio.get_running_loop()
+    if on_window is not None:
+        loop.call_later(warmup, on_window[0])
+        loop.call_later(warmup + duration, on_window[1])
     ok_set = frozenset(ok_statuses)
     stats: dict[str, OpStats] = {}
     conn_errors = 0

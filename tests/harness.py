@@ -25,6 +25,18 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
+def stack_dump(pid: int) -> str:
+    """Python stacks of a live process (py-spy, when installed), for hang reports."""
+    import shutil
+
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    try:
+        out = subprocess.run([spy, "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"(no stack dump: {exc})"
+    return out.stdout[-6000:] or out.stderr[-2000:]
+
+
 def free_port() -> int:
     """A free TCP port whose +10000 peer port is free as well."""
     for _ in range(200):
@@ -206,7 +218,12 @@ class Cluster:
         if node.paused:
             self.resume(node)
         node.proc.send_signal(signal.SIGTERM)
-        return node.proc.wait(timeout)
+        try:
+            return node.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"{node.node_id} did not stop in {timeout}s:\n{stack_dump(node.pid)}"
+            ) from None
 
     def pause(self, node: NodeProc) -> None:
         os.kill(node.pid, signal.SIGSTOP)

@@ -48,6 +48,9 @@ class ContextCodec:
             raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
         except (binascii.Error, ValueError):
             raise InvalidContext("context is not base64url") from None
+        if base64.urlsafe_b64encode(raw).rstrip(b"=").decode() != text:
+            # non-canonical base64 (e.g. altered padding bits): not a context we issued
+            raise InvalidContext("context is not canonical base64url")
         if len(raw) <= len(VERSION) + MAC_BYTES or raw[:1] != VERSION:
             raise InvalidContext("context has an unknown version or is truncated")
         payload, mac = raw[:-MAC_BYTES], raw[-MAC_BYTES:]

@@ -58,6 +58,8 @@ class View(Protocol):
 
     def report_unreachable(self, node: str) -> None: ...
 
+    def report_alive(self, node: str) -> None: ...
+
 
 @dataclass(slots=True)
 class CoordinatorStats:
@@ -96,10 +98,12 @@ class Coordinator:
         if node == self.me:
             return await asyncio.wait_for(self._local_call(method, args), timeout)
         try:
-            return await self.transport.call(node, method, args, timeout)
+            result = await self.transport.call(node, method, args, timeout)
         except PeerError:
             self.view.report_unreachable(node)
             raise
+        self.view.report_alive(node)
+        return result
 
     def _background(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)

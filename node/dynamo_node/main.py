@@ -24,6 +24,9 @@ from .web import build_app
 
 log = logging.getLogger("dynamo.main")
 
+#: in-flight client requests get this long to finish on SIGTERM
+SHUTDOWN_TIMEOUT_S = 5.0
+
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="dynamo-node", description="Run one dynamokv node.")
@@ -132,7 +135,9 @@ async def serve(config: NodeConfig) -> None:
     metrics = Metrics()
     install_metrics(node, metrics)
     app = build_app(node, metrics)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = web.AppRunner(
+        app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT_S
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -41,6 +41,8 @@ class Member:
     @classmethod
     def from_wire(cls, raw: Any) -> Member:
         node, address, peer, status, gen = raw
+        if type(gen) is not int:
+            raise ValueError("member generation must be an integer")
         if status not in STATUSES:
             raise ValueError(f"unknown member status {status!r}")
         return cls(str(node), str(address), str(peer), str(status), int(gen))
@@ -149,16 +151,25 @@ class ClusterState:
         return replace(self, done=self.done | {(partition, target)})
 
     def settle(self) -> ClusterState:
-        """Once every partition switched: make `next` the ring; members that left the
-        ring become `left`. Deterministic, so every node settles to the same state."""
-        if self.next is None or self.in_transition():
-            return self
-        new_ring = self.next.with_version(self.version)
-        members = dict(self.members)
-        for node, m in self.members.items():
-            if m.status == "leaving" and node not in new_ring.nodes():
-                members[node] = replace(m, status="left", gen=m.gen + 1)
-        return replace(self, ring=new_ring, next=None, done=frozenset(), members=members)
+        """Once every partition switched, `next` becomes the ring; then leaving members
+        that own nothing are `left`. Deterministic and generation-neutral (status rank
+        decides the merge), so settling commutes with merging."""
+        state = self
+        if self.next is not None and not self.in_transition():
+            state = replace(
+                self, ring=self.next.with_version(self.version), next=None, done=frozenset()
+            )
+        if state.next is not None:
+            return state
+        owners = set(state.ring.nodes())
+        departed = {
+            node: replace(m, status="left")
+            for node, m in state.members.items()
+            if m.status == "leaving" and node not in owners
+        }
+        if departed:
+            state = replace(state, members={**state.members, **departed})
+        return state
 
     # --- merge -------------------------------------------------------------------------
     def merge(self, other: ClusterState) -> ClusterState:
@@ -198,6 +209,11 @@ class ClusterState:
             raise ValueError("cluster state must be a mapping")
         try:
             nxt = raw.get("next")
+            for name in ("n", "epoch"):
+                if type(raw[name]) is not int:
+                    raise TypeError(f"{name} must be an integer")
+            if raw["n"] < 1:
+                raise ValueError("n must be at least 1")
             return cls(
                 cluster=str(raw["cluster"]),
                 n=int(raw["n"]),
@@ -208,7 +224,7 @@ class ClusterState:
                 epoch=int(raw["epoch"]),
                 claimant=str(raw["claimant"]),
             )
-        except (KeyError, TypeError) as exc:
+        except (KeyError, TypeError, OverflowError) as exc:
             raise ValueError(f"malformed cluster state: {exc}") from None
 
 

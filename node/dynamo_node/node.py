@@ -48,6 +48,7 @@ log = logging.getLogger("dynamo.node")
 
 META_NODE_ID = b"node-id"
 META_STATE = b"cluster-state"
+META_INCARNATION = b"incarnation"
 META_XFER = b"xfer:"
 
 
@@ -97,7 +98,8 @@ class Node:
         # a seed that is this very node (pod-0 of a StatefulSet is everybody's seed)
         self.seeds = [seed for seed in config.seeds if seed != self.member.address]
         self.commit_log = GroupCommit(storage, config.durability, config.fsync_interval_s)
-        self.replica = Replica(storage, self.commit_log, self.node_id, config)
+        self.actor = f"{self.node_id}.{self._load_incarnation()}"
+        self.replica = Replica(storage, self.commit_log, self.actor, config)
         self.hints = HintStore(storage, self.commit_log, lww=config.lww)
         self.detector = FailureDetector(self.node_id, config.failure_timeout_s)
         self.state: ClusterState | None = self._load_state()
@@ -134,6 +136,7 @@ class Node:
         self.rpc_handlers: dict[str, Callable[[Any, str], Any]] = {}
         self._seed_addresses: dict[str, tuple[str, int]] = {}
         self._rng = random.Random()
+        self._probe: asyncio.Future[None] | None = None
         from .antientropy import AntiEntropy
 
         self.anti_entropy = AntiEntropy(self)
@@ -151,6 +154,15 @@ class Node:
         self.storage.write([(Family.META, META_NODE_ID, node_id.encode())])
         self.storage.sync_wal()
         return node_id
+
+    def _load_incarnation(self) -> str:
+        saved = self.storage.get(Family.META, META_INCARNATION)
+        if saved is not None:
+            return saved.decode()
+        incarnation = uuid.uuid4().hex[:8]
+        self.storage.write([(Family.META, META_INCARNATION, incarnation.encode())])
+        self.storage.sync_wal()
+        return incarnation
 
     def _load_state(self) -> ClusterState | None:
         raw = self.storage.get(Family.META, META_STATE)
@@ -243,6 +255,9 @@ class Node:
 
     def report_unreachable(self, node: str) -> None:
         self.detector.unreachable(node)
+
+    def report_alive(self, node: str) -> None:
+        self.detector.heard(node, self.monotonic())
 
     def placement(self, h: int) -> Placement:
         state = self.require_state()
@@ -428,10 +443,18 @@ class Node:
                 await self._gossip_seed(seed, timeout)
             if self.state is None:
                 return
-        targets = [node] if node else [n for n, _ in self._gossip_targets()]
-        if not targets:
+        if node is not None:
+            await self._exchange(node, timeout)
             return
-        peer = targets[0] if node else pick_peer(self.node_id, targets, self._rng)
+        targets = [n for n, _ in self._gossip_targets()]
+        live = [n for n in targets if self.is_up(n)]
+        dead = [n for n in targets if n not in live]
+        # a peer that does not answer must not slow the rounds: probe one of the down
+        # peers on the side, gossip with a live one in the round
+        probe = pick_peer(self.node_id, dead, self._rng)
+        if probe is not None:
+            self._probe = asyncio.ensure_future(self._exchange(probe, timeout))
+        peer = pick_peer(self.node_id, live, self._rng)
         if peer is not None:
             await self._exchange(peer, timeout)
 

@@ -4,8 +4,10 @@ Every mutation of an object is a read-modify-write done without an await in betw
 (so it is atomic on the event loop), written as one atomic batch, then made durable by
 the group commit before the caller acknowledges anything.
 
-Dots: this node is the actor of the versions it coordinates. Its counters come from a
-persistent, monotonic per-node counter handed out in leases (as Riak's vnode counter
+Dots: this node is the actor of the versions it coordinates; the actor id is the node id
+plus an incarnation drawn when its data directory was created, so a node that lost its
+disk and comes back under the same name is a new actor. Counters come from a persistent,
+monotonic per-actor counter handed out in fsynced leases (as Riak's vnode counter
 lease), so a dot is never reused, even after this node dropped a key's data.
 """
 
@@ -85,12 +87,14 @@ class Replica:
             return Object()
 
     # --- writes ------------------------------------------------------------------
-    def _next_floor(self, extra: list[Op]) -> int:
-        self._counter += 1
-        if self._counter > self._lease_end:
-            self._lease_end = self._counter + COUNTER_LEASE
-            extra.append((Family.META, COUNTER_KEY, str(self._lease_end).encode()))
-        return self._counter
+    def _reserve(self, counter: int) -> None:
+        """Make sure `counter` is inside a lease that is on disk (fsynced) before any
+        dot using it leaves this node, so a crash can never hand out a counter twice."""
+        if counter <= self._lease_end:
+            return
+        self._lease_end = counter + COUNTER_LEASE
+        self.storage.write([(Family.META, COUNTER_KEY, str(self._lease_end).encode())])
+        self.storage.sync_wal()
 
     def new_version(
         self,
@@ -100,15 +104,10 @@ class Replica:
         content_type: str,
         ops: list[Op],
     ) -> Object:
-        """`current` with a new version coordinated by this node (a fresh dot). Appends
-        the counter-lease update, if one is due, to `ops`."""
-        floor = self._next_floor(ops)
-        counter = next_counter(current, context, self.actor, floor)
-        if counter > self._counter:
-            self._counter = counter
-            if self._counter > self._lease_end:
-                self._lease_end = self._counter + COUNTER_LEASE
-                ops.append((Family.META, COUNTER_KEY, str(self._lease_end).encode()))
+        """`current` with a new version coordinated by this node (a fresh dot)."""
+        counter = next_counter(current, context, self.actor, self._counter)
+        self._reserve(counter)
+        self._counter = counter
         return update(
             current,
             context,

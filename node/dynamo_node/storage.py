@@ -91,6 +91,11 @@ class MemoryStorage:
 
     def write(self, ops: Sequence[Op]) -> None:
         self._check()
+        for family, key, value in ops:  # validate everything first: all or none
+            if not isinstance(family, Family) or not isinstance(key, bytes):
+                raise TypeError("ops are (Family, bytes, bytes | None)")
+            if value is not None and not isinstance(value, bytes):
+                raise TypeError("values must be bytes or None")
         with self._lock:
             for family, key, value in ops:
                 data, keys = self._data[family], self._keys[family]

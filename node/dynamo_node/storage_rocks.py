@@ -77,6 +77,8 @@ class RocksStorage:
             return
         batch = WriteBatch(raw_mode=True)
         for family, key, value in ops:
+            if not isinstance(family, Family):
+                raise TypeError("ops are (Family, bytes, bytes | None)")
             handle = self._handles.get(family)
             if value is None:
                 batch.delete(key, handle) if handle is not None else batch.delete(key)

@@ -25,6 +25,9 @@ import kubernetes
 from .builders import API_VERSION
 from .errors import KubeError
 
+# The client has no type hints: use it through one Any-typed name.
+_k8s: Any = kubernetes
+
 log = logging.getLogger("dynamo.operator.kube")
 
 MERGE_PATCH = "application/merge-patch+json"
@@ -76,27 +79,27 @@ def matches(obj: Mapping[str, Any], selector: Mapping[str, str]) -> bool:
 class Kube:
     """Get, list, create, patch and delete the operator's kinds, as JSON."""
 
-    def __init__(self, client: kubernetes.client.ApiClient) -> None:
+    def __init__(self, client: Any) -> None:
         self._client = client
 
     @classmethod
     def from_environment(cls) -> Kube:
         """In a pod: its service account; elsewhere: the current kubeconfig context."""
-        configuration = kubernetes.client.Configuration()
+        configuration = _k8s.client.Configuration()
         try:
-            kubernetes.config.load_incluster_config(client_configuration=configuration)
-        except kubernetes.config.ConfigException:
-            kubernetes.config.load_kube_config(client_configuration=configuration)
-        return cls(kubernetes.client.ApiClient(configuration))
+            _k8s.config.load_incluster_config(client_configuration=configuration)
+        except _k8s.config.ConfigException:
+            _k8s.config.load_kube_config(client_configuration=configuration)
+        return cls(_k8s.client.ApiClient(configuration))
 
     @classmethod
     def for_url(cls, url: str, token: str | None = None) -> Kube:
         """A client of the API server at `url` (tests: a mock server)."""
-        configuration = kubernetes.client.Configuration(host=url.rstrip("/"))
+        configuration = _k8s.client.Configuration(host=url.rstrip("/"))
         if token:
             configuration.api_key = {"BearerToken": token}
             configuration.api_key_prefix = {"BearerToken": "Bearer"}
-        return cls(kubernetes.client.ApiClient(configuration))
+        return cls(_k8s.client.ApiClient(configuration))
 
     def close(self) -> None:
         self._client.close()
@@ -126,7 +129,7 @@ class Kube:
         try:
             response = self._client.call_api(*request, _request_timeout=REQUEST_TIMEOUT)
             raw = response.read()
-        except kubernetes.client.exceptions.ApiException as exc:
+        except _k8s.client.exceptions.ApiException as exc:
             raise KubeError(f"{method} {path}: {exc.reason}", exc.status or 0) from None
         except Exception as exc:  # urllib3 errors: connection refused, timeouts
             raise KubeError(f"{method} {path}: {exc!r}") from None
@@ -159,12 +162,10 @@ class Kube:
     # --- verbs --------------------------------------------------------------------------
 
     async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
-        payload = await self._request(
-            "GET", _kind(kind).path(namespace, name), missing_ok=True
-        )
+        payload = await self._request("GET", _kind(kind).path(namespace, name), missing_ok=True)
         return cast(dict[str, Any], payload) if isinstance(payload, dict) else None
 
-    async def list(
+    async def list_objects(
         self, kind: str, namespace: str, selector: Mapping[str, str]
     ) -> list[dict[str, Any]]:
         label_selector = ",".join(f"{key}={value}" for key, value in sorted(selector.items()))
@@ -206,9 +207,7 @@ class Kube:
         )
         return cast(dict[str, Any], payload) if isinstance(payload, dict) else {}
 
-    async def delete(
-        self, kind: str, namespace: str, name: str, *, uid: str | None = None
-    ) -> bool:
+    async def delete(self, kind: str, namespace: str, name: str, *, uid: str | None = None) -> bool:
         """Delete; with `uid`, only that incarnation of the object. False if absent."""
         body: dict[str, Any] = {"kind": "DeleteOptions", "apiVersion": "v1"}
         if uid:

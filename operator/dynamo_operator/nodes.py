@@ -73,7 +73,7 @@ class NodeAdmin:
             async with self._client().request(method, url, data=data, headers=headers) as resp:
                 raw = await resp.read()
                 status = resp.status
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise NodeUnreachable(address, f"{method} {path}: {exc!r}") from None
         try:
             payload = json.loads(raw) if raw else None
@@ -82,7 +82,8 @@ class NodeAdmin:
         if status >= 300:
             error = payload.get("error") if isinstance(payload, dict) else None
             message = error.get("message") if isinstance(error, dict) else None
-            raise NodeError(address, f"{method} {path} -> {status}: {message or raw[:200]!r}", status)
+            detail = message or raw[:200]
+            raise NodeError(address, f"{method} {path} -> {status}: {detail!r}", status)
         return payload
 
     async def status(self, address: str, token: str | None) -> dict[str, Any]:

@@ -117,7 +117,6 @@ def compute_status(
     ring = ring_of(observed)
     sts = observed.statefulset
     before = previous_conditions(previous)
-    n = observed.n
     paused = observed.requested == 0
 
     available, degraded = _available(observed, ring, r, w, paused), _degraded(step, ring)

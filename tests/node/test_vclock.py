@@ -322,7 +322,7 @@ def test_prune_with_default_min_age_and_recent_entries_keeps_everything(
     assert entries_of(pruned) == entries_of(clock)
 
 
-@settings(max_examples=50)
+@settings(max_examples=50, deadline=None)
 @given(aged_clocks(), aged_clocks(), prune_args)
 def test_pruned_clock_only_understates(a: VClock, b: VClock, args: tuple[int, int]) -> None:
     """A pruned clock never claims to have seen an event the full clock has not."""

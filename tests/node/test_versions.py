@@ -484,7 +484,7 @@ prune_op_st = st.tuples(
 )
 
 
-PRUNE = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+PRUNE = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 prune_ops_st = st.lists(prune_op_st, min_size=15, max_size=50)
 
 
@@ -605,7 +605,7 @@ def test_sync_associative_with_pruned_clocks_example() -> None:
     assert left.obj == right.obj, (left, right)
 
 
-@PRUNE
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(history_and_picks(prune_ops_st, max_entries=1, min_age=0))
 def test_sync_algebra_with_pruned_clocks(data: tuple[Sim, list[Object]]) -> None:
     """Commutativity and idempotence survive pruning; see the example above for
