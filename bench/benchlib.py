@@ -263,16 +263,23 @@ class Profile:
             "total_by_module": pct(self.by_module_total),
         }
 
-    def report(self, title: str, top: int = 15) -> str:
+    def report(self, title: str, top: int = 15, us_per_op: float | None = None) -> str:
+        """`us_per_op`: server CPU µs per request during the profile, to show each share
+        as µs per request too."""
+
         def block(name: str, rows: list[tuple[str, int]]) -> str:
             lines = [f"  {name}:"]
             for label, count in rows[:top]:
-                lines.append(f"    {100 * count / max(1, self.samples):5.1f}%  {label}")
+                share = count / max(1, self.samples)
+                us = f" {share * us_per_op:6.1f} µs" if us_per_op else ""
+                lines.append(f"    {100 * share:5.1f}%{us}  {label}")
             return "\n".join(lines)
 
+        per_op = f", {us_per_op:.0f} µs CPU per request" if us_per_op else ""
         return "\n".join(
             [
-                f"profile {title}: {self.samples} samples (CPU-active only), {self.path.name}",
+                f"profile {title}: {self.samples} samples (CPU-active only){per_op},"
+                f" {self.path.name}",
                 block("self time by module", self.by_module_self),
                 block("inclusive time by module", self.by_module_total),
                 block("self time by function", self.by_function_self),
@@ -371,7 +378,9 @@ def start_py_spy(
     )
 
 
-def finish_py_spy(proc: subprocess.Popen[Any], out: Path, title: str) -> dict[str, Any] | None:
+def finish_py_spy(
+    proc: subprocess.Popen[Any], out: Path, title: str, us_per_op: float | None = None
+) -> dict[str, Any] | None:
     try:
         _, err = proc.communicate(timeout=120)
     except subprocess.TimeoutExpired:
@@ -381,5 +390,7 @@ def finish_py_spy(proc: subprocess.Popen[Any], out: Path, title: str) -> dict[st
         print(f"py-spy produced no profile for {title}: {err.decode(errors='replace')[-500:]}")
         return None
     prof = summarise_profile(out)
-    print(prof.report(title))
-    return prof.to_dict()
+    print(prof.report(title, us_per_op=us_per_op))
+    result = prof.to_dict()
+    result["server_us_per_op_while_profiling"] = us_per_op
+    return result

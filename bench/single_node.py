@@ -443,17 +443,22 @@ def run_profiles(
         Wrk(root, args.connections) if args.loadgen == "wrk" else PyLoad(args.connections)
     )
     out: dict[str, Any] = {}
-    url, pid = servers["node-wal"]
-    for op in ("GET", "PUT"):
-        path = benchlib.RESULTS_DIR / "profiles" / f"single_node_{op.lower()}_wal.txt"
-        spy = benchlib.start_py_spy(pid, path, args.profile, native=args.native)
-        time.sleep(0.5)
-        res = gen.run(url, op, args.profile, args.keys, "/v1/kv/prof-")
-        print(f"\n(under py-spy: {res['req_s']:,.0f} req/s)")
-        prof = benchlib.finish_py_spy(spy, path, f"node {op} (wal)")
-        if prof is not None:
-            prof["req_s_while_profiling"] = res["req_s"]
-            out[f"node {op} (wal)"] = prof
+    for server, label in (("node-wal", "node {op} (wal)"), ("bare", "bare {op}")):
+        url, pid = servers[server]
+        for op in ("GET", "PUT"):
+            title = label.format(op=op)
+            name = title.replace(" ", "_").replace("(", "").replace(")", "").lower()
+            path = benchlib.RESULTS_DIR / "profiles" / f"single_node_{name}.txt"
+            spy = benchlib.start_py_spy(pid, path, args.profile, native=args.native)
+            time.sleep(0.5)
+            cpu0 = benchlib.proc_cpu_seconds(pid)
+            res = gen.run(url, op, args.profile, args.keys, "/v1/kv/prof-")
+            us = 1e6 * (benchlib.proc_cpu_seconds(pid) - cpu0) / max(1, res["requests"])
+            print(f"\n(under py-spy: {res['req_s']:,.0f} req/s)")
+            prof = benchlib.finish_py_spy(spy, path, title, us_per_op=us)
+            if prof is not None:
+                prof["req_s_while_profiling"] = res["req_s"]
+                out[title] = prof
     return out
 
 

@@ -435,8 +435,13 @@ def profile_node(
     path = benchlib.RESULTS_DIR / "profiles" / f"ycsb_{system.name}_n0_{label}.txt"
     spy = benchlib.start_py_spy(node.pid, path, args.profile, native=args.native)
     time.sleep(0.5)
+    cpu0 = benchlib.proc_cpu_seconds(node.pid)
     res = run_workload(system, workload, "uniform", args, args.profile, 0.0)
-    prof = benchlib.finish_py_spy(spy, path, f"{system.name} n0 under {label}")
+    # n0 coordinates a third of the requests and is a replica of every key (N=3, 3 nodes)
+    us = 1e6 * (benchlib.proc_cpu_seconds(node.pid) - cpu0) / max(1, res["ok"] / len(system.pids))
+    prof = benchlib.finish_py_spy(
+        spy, path, f"{system.name} n0 under {label} (µs per coordinated request)", us_per_op=us
+    )
     if prof is not None:
         prof["ops_per_s_while_profiling"] = res["ops_per_s"]
     return prof

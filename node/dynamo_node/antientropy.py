@@ -97,11 +97,14 @@ class AntiEntropy:
     def __init__(self, node: Node) -> None:
         self.node = node
         self.trees: dict[int, MerkleTree] = {}
+        #: per partition, keys that may be all tombstones (None: not scanned yet)
+        self.tombstones: dict[int, set[bytes]] = {}
         self.stats = AEStats()
         self.jobs: dict[str, Job] = {}
         self._task: asyncio.Task[None] | None = None
         self._job_tasks: set[asyncio.Task[None]] = set()
         node.replica.listeners.append(self._on_change)
+        node.replica.tombstone_listeners.append(self._on_tombstone)
         for name in (
             "ae_roots",
             "ae_hashes",
@@ -126,6 +129,29 @@ class AntiEntropy:
         tree = self.trees.get(self._partition_of_skey(skey))
         if tree is not None:
             tree.update(skey, digest(old) if old else None, digest(new) if new else None)
+
+    def _on_tombstone(self, skey: bytes) -> None:
+        if self.node.state is None:
+            return
+        known = self.tombstones.get(self._partition_of_skey(skey))
+        if known is not None:
+            known.add(skey)
+
+    def _tombstone_candidates(self, p: int) -> set[bytes]:
+        known = self.tombstones.get(p)
+        if known is None:
+            from .node import partition_keys
+
+            start, end = partition_keys(p, self._partitions())
+            known = set()
+            for skey, raw in self.node.storage.iter_range(Family.OBJECTS, start, end):
+                try:
+                    if decode_object(raw).all_tombstones():
+                        known.add(skey)
+                except CodecError:
+                    continue
+            self.tombstones[p] = known
+        return known
 
     def tree(self, p: int) -> MerkleTree:
         tree = self.trees.get(p)
@@ -231,15 +257,19 @@ class AntiEntropy:
             return 0
         grace_ms = int(self.node.config.tombstone_grace_s * 1000)
         now_ms = time.time_ns() // 1_000_000
-        start, end = partition_keys(p, state.partitions)
+        known = self._tombstone_candidates(p)
         candidates: list[tuple[bytes, bytes]] = []
-        for skey, raw in self.node.storage.iter_range(Family.OBJECTS, start, end):
+        for skey in sorted(known):
+            raw = self.node.replica.read_encoded(skey)
             try:
-                obj = decode_object(raw)
+                obj = decode_object(raw) if raw is not None else None
             except CodecError:
+                obj = None
+            if obj is None or not obj.all_tombstones():
+                known.discard(skey)  # purged, or written again since
                 continue
-            if obj.all_tombstones() and now_ms - obj.max_timestamp() >= grace_ms:
-                candidates.append((skey, digest(raw)))
+            if now_ms - obj.max_timestamp() >= grace_ms:
+                candidates.append((skey, digest(raw)))  # type: ignore[arg-type]
         purged = 0
         peers = [r for r in replicas if r != self.node.node_id]
         for i in range(0, len(candidates), GC_BATCH):
@@ -317,24 +347,52 @@ class AntiEntropy:
         task.add_done_callback(self._job_tasks.discard)
         return job.id
 
+    async def _differing(self, peer: str, partitions: list[int]) -> list[int]:
+        """The partitions among `partitions` whose roots differ on `peer` (one call)."""
+        roots = await self.call(peer, "ae_roots", [partitions])
+        return [
+            p for p, r in zip(partitions, roots, strict=True) if bytes(r) != self.tree(p).root()
+        ]
+
     async def _run_job(self, job: Job) -> None:
         state = self.node.require_state()
         job.partitions_total = state.partitions
         before = self.stats.bytes_sent + self.stats.bytes_received
+        me = self.node.node_id
         try:
-            for p in range(state.partitions):
-                replicas = self.node.require_state().preference_list(p)
+            mine = [p for p in range(state.partitions) if me in state.preference_list(p)]
+            # compare every shared partition's root with each peer in one call per peer
+            peers = sorted({r for p in mine for r in state.preference_list(p) if r != me})
+            for peer in peers:
+                if not self.node.is_up(peer):
+                    job.errors.append(f"replica {peer} is down")
+                    continue
+                shared = [p for p in mine if peer in state.preference_list(p)]
                 try:
-                    if self.node.node_id in replicas:
-                        repaired, purged = await self.sync_partition(p)
-                    else:
-                        delegate = next((r for r in replicas if self.node.is_up(r)), None)
-                        if delegate is None:
-                            raise PeerError(f"no live replica of partition {p}")
-                        repaired, purged = await self.call(delegate, "ae_partition", [p])
+                    for p in await self._differing(peer, shared):
+                        job.keys_repaired += await self.exchange(p, peer)
+                except Exception as exc:  # one peer failing does not stop the pass
+                    job.errors.append(f"{peer}: {exc}")
+            for p in mine:
+                try:
+                    job.tombstones_purged += await self.collect_tombstones(p)
+                except Exception as exc:
+                    job.errors.append(f"partition {p}: {exc}")
+                job.partitions_done += 1
+                job.bytes_exchanged = self.stats.bytes_sent + self.stats.bytes_received - before
+            # partitions this node does not hold: their first live replica does them
+            for p in range(state.partitions):
+                if p in mine:
+                    continue
+                replicas = state.preference_list(p)
+                delegate = next((r for r in replicas if self.node.is_up(r)), None)
+                try:
+                    if delegate is None:
+                        raise PeerError(f"no live replica of partition {p}")
+                    repaired, purged = await self.call(delegate, "ae_partition", [p])
                     job.keys_repaired += int(repaired)
                     job.tombstones_purged += int(purged)
-                except Exception as exc:  # one partition failing does not stop the pass
+                except Exception as exc:
                     job.errors.append(f"partition {p}: {exc}")
                 job.partitions_done += 1
                 job.bytes_exchanged = self.stats.bytes_sent + self.stats.bytes_received - before
@@ -343,6 +401,7 @@ class AntiEntropy:
             job.state = "failed"
             job.errors.append(str(exc))
         finally:
+            job.bytes_exchanged = self.stats.bytes_sent + self.stats.bytes_received - before
             job.finished = time.time()
             if job.state == "done":
                 self.node.last_anti_entropy = job.finished
@@ -372,11 +431,10 @@ class AntiEntropy:
             if state is None or interval <= 0:
                 continue
             try:
-                for p in range(state.partitions):
-                    if self.node.node_id in state.preference_list(p):
-                        await self.sync_partition(p)
-                        await asyncio.sleep(0)
-                self.node.last_anti_entropy = time.time()
+                job = Job("periodic", kind="periodic")
+                await self._run_job(job)
+                if job.errors:
+                    log.info("periodic anti-entropy: %s", "; ".join(job.errors[:3]))
             except Exception as exc:
                 log.warning("periodic anti-entropy round failed: %s", exc)
 

@@ -62,6 +62,8 @@ class Replica:
         self.config = config
         self._clock_ms = clock_ms
         self.listeners: list[ChangeListener] = []
+        #: called with a storage key whenever its object became all tombstones
+        self.tombstone_listeners: list[Callable[[bytes], None]] = []
         self.stats = ReplicaStats()
         raw = storage.get(Family.META, COUNTER_KEY)
         self._counter = int(raw.decode()) if raw else 0
@@ -132,6 +134,8 @@ class Replica:
         ops.append((Family.OBJECTS, skey, encoded))
         self._write(ops, skey, raw, encoded)
         self.stats.writes += 1
+        if value is None:
+            self._tombstoned(skey)
         return new
 
     def apply_merge(self, skey: bytes, incoming: Object) -> tuple[Object, bool]:
@@ -156,6 +160,8 @@ class Replica:
             return current, False
         self._write([(Family.OBJECTS, skey, encoded)], skey, raw, encoded)
         self.stats.merges_changed += 1
+        if result.obj.all_tombstones():
+            self._tombstoned(skey)
         return result.obj, True
 
     def remove(self, skey: bytes) -> None:
@@ -170,6 +176,10 @@ class Replica:
         self.commit.issued()
         for listener in self.listeners:
             listener(skey, old, new)
+
+    def _tombstoned(self, skey: bytes) -> None:
+        for listener in self.tombstone_listeners:
+            listener(skey)
 
     async def durable(self) -> None:
         await self.commit.barrier()

@@ -226,7 +226,7 @@ async def _fail(
         kopf.warn(body, reason=EVENT_INVALID_SPEC, message=str(exc))
     new = failed_status(message=str(exc), generation=_generation(meta), previous=status, now=_now())
     try:
-        await svc.kube.merge_patch(KIND, namespace, name, {"status": new}, subresource="status")
+        await _patch_status(svc, namespace, name, status, new)
     except KubeError as err:
         log.warning("could not report the invalid spec of %s/%s: %s", namespace, name, err)
 
@@ -300,9 +300,23 @@ async def observe(
         anti_entropy_at=anti_entropy_at,
     )
     try:
-        await svc.kube.merge_patch(KIND, namespace, name, {"status": new}, subresource="status")
+        await _patch_status(svc, namespace, name, status, new)
     except KubeError as exc:
         raise kopf.TemporaryError(str(exc), delay=svc.config.interval_s) from None
+
+
+async def _patch_status(
+    svc: Services,
+    namespace: str,
+    name: str,
+    current: Mapping[str, Any],
+    new: Mapping[str, Any],
+) -> None:
+    """Merge-patch `new` into the status, unless it would change nothing (a settled
+    cluster then costs no writes and no watch events)."""
+    if all(current.get(key) == value for key, value in new.items()):
+        return
+    await svc.kube.merge_patch(KIND, namespace, name, {"status": dict(new)}, subresource="status")
 
 
 @dataclass(frozen=True, slots=True)

@@ -70,6 +70,7 @@ def deep(obj: Object) -> list[tuple[Any, ...]]:
 # --- round trip ---------------------------------------------------------------------------------
 
 
+@settings(deadline=None)
 @given(objects_st)
 def test_round_trip(obj: Object) -> None:
     data = encode_object(obj)
@@ -80,6 +81,7 @@ def test_round_trip(obj: Object) -> None:
     assert encode_object(back) == data
 
 
+@settings(deadline=None)
 @given(objects_st)
 def test_wire_round_trip(obj: Object) -> None:
     wire = object_to_wire(obj)
@@ -87,6 +89,7 @@ def test_wire_round_trip(obj: Object) -> None:
     assert deep(object_from_wire(wire)) == deep(obj)
 
 
+@settings(deadline=None)
 @given(clock_st())
 def test_clock_round_trip(clock: VClock) -> None:
     back = clock_from_wire(clock_to_wire(clock), clock.pruned)
@@ -110,6 +113,7 @@ def test_tombstone_and_empty_value_are_distinct() -> None:
 # --- canonical -----------------------------------------------------------------------------------
 
 
+@settings(deadline=None)
 @given(
     st.lists(sibling_st(), max_size=6, unique_by=lambda s: s.dot).flatmap(
         lambda xs: st.tuples(st.just(xs), st.permutations(xs))
@@ -122,6 +126,7 @@ def test_encoding_is_canonical_in_sibling_order(lists: tuple[list[Sibling], list
     assert digest(a) == digest(b)
 
 
+@settings(deadline=None)
 @given(objects_st, objects_st)
 def test_digest_distinguishes_objects(a: Object, b: Object) -> None:
     ea, eb = encode_object(a), encode_object(b)
@@ -185,7 +190,9 @@ structures = st.recursive(
     leaves,
     lambda children: st.one_of(
         st.lists(children, max_size=8),
-        st.dictionaries(st.one_of(st.text(max_size=4), st.binary(max_size=4)), children, max_size=4),
+        st.dictionaries(
+            st.one_of(st.text(max_size=4), st.binary(max_size=4)), children, max_size=4
+        ),
     ),
     max_leaves=20,
 )
@@ -209,7 +216,7 @@ def test_decode_format_1_with_arbitrary_siblings(siblings: list[Any]) -> None:
 
 
 # each field: a plausible value, an edge value, or a small arbitrary one
-field_st = st.one_of(
+field_st: st.SearchStrategy[Any] = st.one_of(
     st.sampled_from(["a", "", 1, 0, -1, U64, True, False, None, b"v", b"", [], 1.0]),
     leaves,
     st.lists(st.one_of(st.sampled_from(["a", "b", 1, 0, 2]), leaves), max_size=7),
@@ -236,7 +243,7 @@ def nearly_valid(draw: st.DrawFn) -> Any:
 
     walk(wire, ())
     path = draw(st.sampled_from(paths[1:]))
-    replacement = draw(
+    replacement: Any = draw(
         st.one_of(
             structures,
             st.sampled_from([0, -1, 2**64 - 1, True, False, None, "", b"", [], {}, 1.5]),

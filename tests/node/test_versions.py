@@ -143,6 +143,7 @@ def subset(bits: int, n: int) -> list[int]:
     return rs or [bits % n]
 
 
+Op = tuple[str, int, int, bool]
 OPS = ("put_full", "put_blind", "put_stale", "put_quorum", "read", "sync", "sync2", "tick")
 op_st = st.tuples(
     st.sampled_from(OPS),
@@ -152,7 +153,7 @@ op_st = st.tuples(
 )
 
 
-def run(sim: Sim, ops: list[tuple[str, int, int, bool]]) -> Sim:
+def run(sim: Sim, ops: list[Op]) -> Sim:
     n = sim.n
     for kind, x, y, flag in ops:
         r = x % n
@@ -185,8 +186,7 @@ def check_prune_rules(sim: Sim, a: Object, b: Object, res: SyncResult) -> None:
     assert kept <= union
     for dropped in union - kept:
         assert any(dropped in sim.anc[k] for k in kept), (
-            f"sync dropped {dropped}, which is not an ancestor of any kept version "
-            f"{sorted(kept)}"
+            f"sync dropped {dropped}, which is not an ancestor of any kept version {sorted(kept)}"
         )
     silent = [(s, t) for s in kept for t in kept if s in sim.anc[t]]
     assert not silent or res.prune_suspects > 0, (
@@ -209,7 +209,7 @@ n_st = st.integers(min_value=2, max_value=4)
 ops_st = st.lists(op_st, min_size=1, max_size=40)
 
 
-def sim_without_pruning(n: int, ops: list[tuple[str, int, int, bool]]) -> Sim:
+def sim_without_pruning(n: int, ops: list[Op]) -> Sim:
     return run(Sim(n), ops)
 
 
@@ -225,7 +225,7 @@ def siblings_equal(a: Object, b: Object) -> bool:
 
 @SLOW
 @given(n_st, ops_st)
-def test_model_dots_unique_and_pasts_exact_without_pruning(n: int, ops: list) -> None:
+def test_model_dots_unique_and_pasts_exact_without_pruning(n: int, ops: list[Op]) -> None:
     sim = sim_without_pruning(n, ops)
     for dot, sib in sim.created.items():
         assert sib.dot == dot
@@ -240,11 +240,15 @@ def test_model_dots_unique_and_pasts_exact_without_pruning(n: int, ops: list) ->
 
 @st.composite
 def history_and_picks(
-    draw: st.DrawFn, ops_strategy: st.SearchStrategy = ops_st, **sim_kwargs: int
+    draw: st.DrawFn,
+    /,
+    ops_strategy: st.SearchStrategy[list[Op]] = ops_st,
+    max_entries: int = 10,
+    min_age: int = DAY_MS,
 ) -> tuple[Sim, list[Object]]:
     n = draw(n_st)
     ops = draw(ops_strategy)
-    sim = run(Sim(n, **sim_kwargs), ops)
+    sim = run(Sim(n, max_entries=max_entries, min_age=min_age), ops)
     pool = [Object(), *sim.snapshots, *sim.replicas]
     picks = [pool[draw(st.integers(min_value=0, max_value=len(pool) - 1))] for _ in range(3)]
     return sim, picks
@@ -354,6 +358,7 @@ def test_put_without_context_through_same_coordinator() -> None:
 # --- sequential read-modify-write never grows siblings -------------------------------------------
 
 
+Step = tuple[int, int, bool, list[tuple[int, int]]]
 rmw_st = st.lists(
     st.tuples(
         st.integers(min_value=0, max_value=3),  # coordinator
@@ -368,7 +373,7 @@ rmw_st = st.lists(
 
 @SLOW
 @given(st.integers(min_value=2, max_value=4), rmw_st)
-def test_sequential_read_modify_write_never_has_siblings(n: int, steps: list) -> None:
+def test_sequential_read_modify_write_never_has_siblings(n: int, steps: list[Step]) -> None:
     sim = Sim(n)
     latest: int | None = None
     for coord, bits, tombstone, syncs in steps:
@@ -438,7 +443,7 @@ def test_k_blind_writes_give_k_siblings_and_one_put_resolves(
 
 @SLOW
 @given(n_st, ops_st)
-def test_no_acknowledged_write_is_lost(n: int, ops: list) -> None:
+def test_no_acknowledged_write_is_lost(n: int, ops: list[Op]) -> None:
     sim = sim_without_pruning(n, ops)
     merged = sim.merged()
     present = {s.dot: s for s in merged.siblings}
@@ -460,7 +465,7 @@ def test_no_acknowledged_write_is_lost(n: int, ops: list) -> None:
 
 @SLOW
 @given(n_st, ops_st)
-def test_visible_hides_tombstones_in_history(n: int, ops: list) -> None:
+def test_visible_hides_tombstones_in_history(n: int, ops: list[Op]) -> None:
     sim = sim_without_pruning(n, ops)
     for obj in [*sim.snapshots, sim.merged()]:
         live = [s for s in obj.siblings if s.value is not None]
@@ -473,7 +478,10 @@ def test_visible_hides_tombstones_in_history(n: int, ops: list) -> None:
 
 # biased towards what makes pruning bite: many writers, wide quorum reads, stale replicas
 PRUNE_OPS = (
-    ["put_blind"] * 3 + ["put_quorum"] * 3 + ["sync"] * 3 + ["put_stale"] * 2
+    ["put_blind"] * 3
+    + ["put_quorum"] * 3
+    + ["sync"] * 3
+    + ["put_stale"] * 2
     + ["put_full", "sync2", "read", "read", "tick"]
 )
 prune_op_st = st.tuples(
@@ -509,7 +517,7 @@ def check_pruned_history(sim: Sim) -> None:
 @PRUNE
 @given(st.integers(min_value=3, max_value=6), st.integers(min_value=1, max_value=3), prune_ops_st)
 def test_pruning_never_silently_resurrects_an_ancestor(
-    n: int, max_entries: int, ops: list
+    n: int, max_entries: int, ops: list[Op]
 ) -> None:
     """With tiny clocks and no minimum age, a later version whose past was pruned, synced
     with its ancestor, either drops the ancestor or reports prune_suspects > 0; and sync
@@ -540,7 +548,7 @@ def test_pruning_never_silently_resurrects_an_ancestor(
     [0, 0, -2_000, 0, 0, 0],
 )
 def test_pruning_never_silently_resurrects_an_ancestor_with_clock_skew(
-    n: int, max_entries: int, ops: list, skew: list[int]
+    n: int, max_entries: int, ops: list[Op], skew: list[int]
 ) -> None:
     """The same, with each node's wall clock off by up to +-2 s (timestamps are only used
     to choose what to prune, so skew may change *what* is pruned but must not make a
@@ -620,7 +628,7 @@ def test_sync_algebra_with_pruned_clocks(data: tuple[Sim, list[Object]]) -> None
 
 @SLOW
 @given(n_st, st.integers(min_value=1, max_value=3), ops_st)
-def test_default_min_age_prunes_nothing_recent(n: int, max_entries: int, ops: list) -> None:
+def test_default_min_age_prunes_nothing_recent(n: int, max_entries: int, ops: list[Op]) -> None:
     """With the default one-day minimum age and timestamps younger than that, clocks are
     never pruned, however small max_entries is."""
     sim = run(Sim(n, max_entries=max_entries), ops)
@@ -637,7 +645,9 @@ def test_default_min_age_prunes_nothing_recent(n: int, max_entries: int, ops: li
 # --- tombstones ------------------------------------------------------------------------------
 
 
-def sib(actor: str, counter: int, value: bytes | None, ts: int = 1, past: VClock | None = None):
+def sib(
+    actor: str, counter: int, value: bytes | None, ts: int = 1, past: VClock | None = None
+) -> Sibling:
     return Sibling(Dot(actor, counter), past or VClock(), value, CT, ts)
 
 

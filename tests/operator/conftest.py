@@ -86,10 +86,14 @@ class Env:
         return [e for e in events if reason is None or e.get("reason") == reason]
 
     # --- waiting -------------------------------------------------------------------------
-    async def wait_status(self, name: str, timeout: float, what: str, **expected: Any) -> dict[str, Any]:
+    async def wait_status(
+        self, name: str, timeout: float, what: str, **expected: Any
+    ) -> dict[str, Any]:
         """Wait until status has these values and Available/Progressing/Degraded are as
         given by `available=`, `progressing=`, `degraded=` (True/False) if given."""
-        conditions = {k: expected.pop(k) for k in ("available", "progressing", "degraded") if k in expected}
+        conditions = {
+            k: expected.pop(k) for k in ("available", "progressing", "degraded") if k in expected
+        }
 
         async def probe() -> dict[str, Any] | None:
             self.check()
@@ -120,24 +124,35 @@ class Env:
         assert secret is not None
         return base64.b64decode(secret["data"][key]).decode()
 
-    async def node(self, pod: str, method: str, path: str, token: str, data: bytes | None = None) -> tuple[int, bytes]:
+    async def node(
+        self, pod: str, method: str, path: str, token: str, data: bytes | None = None
+    ) -> tuple[int, bytes]:
         headers = {"Authorization": f"Bearer {token}"}
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session, session.request(
-            method, f"{self.kubelet.url(pod)}{path}", data=data, headers=headers
-        ) as resp:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
+            session.request(
+                method, f"{self.kubelet.url(pod)}{path}", data=data, headers=headers
+            ) as resp,
+        ):
             return resp.status, await resp.read()
 
     async def admin(self, name: str, pod: str, path: str) -> dict[str, Any]:
-        status, body = await self.node(pod, "GET", f"/v1/admin/{path}", self.secret_value(name, "cluster-token"))
+        status, body = await self.node(
+            pod, "GET", f"/v1/admin/{path}", self.secret_value(name, "cluster-token")
+        )
         assert status == 200, body
         return dict(json.loads(body))
 
-    async def put_keys(self, name: str, pod: str, count: int, prefix: str = "key") -> dict[str, bytes]:
+    async def put_keys(
+        self, name: str, pod: str, count: int, prefix: str = "key"
+    ) -> dict[str, bytes]:
         token = self.secret_value(name, "client-token")
         written = {}
         for i in range(count):
             key, value = f"{prefix}/{i:04d}", f"value {i} of {prefix}".encode()
-            status, body = await self.node(pod, "PUT", f"/v1/kv/{quote(key, safe='')}?w=all", token, value)
+            status, body = await self.node(
+                pod, "PUT", f"/v1/kv/{quote(key, safe='')}?w=all", token, value
+            )
             assert status == 204, (status, body)
             written[key] = value
         return written
@@ -149,7 +164,9 @@ class Env:
             status, body = await self.node(pod, "GET", f"/v1/kv/{quote(key, safe='')}?r=all", token)
             assert (status, body) == (200, value), (key, status, body[:200])
 
-    async def assert_members_match_ring(self, name: str, status: dict[str, Any], pods: list[str]) -> None:
+    async def assert_members_match_ring(
+        self, name: str, status: dict[str, Any], pods: list[str]
+    ) -> None:
         ring = await self.admin(name, pods[0], "ring")
         owners: dict[str, int] = {}
         for partition in ring["partitions"]:

@@ -42,17 +42,20 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 import jsonpatch
 import kmock
 import yaml
+from kmock._internal import parsing as kmock_parsing
+from kmock._internal.aiobus import Bus
 
 from dynamo_operator.config import INTERVAL_ENV, OperatorConfig
 from tests.harness import free_port
@@ -92,8 +95,6 @@ CRD_RESOURCE = "apiextensions.k8s.io/v1/customresourcedefinitions"
 DYNAMO_RESOURCE = "dynamokv.io/v1alpha1/dynamoclusters"
 VERBS = {"create", "delete", "get", "list", "patch", "update", "watch"}
 
-T = TypeVar("T")
-
 
 def _now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -119,7 +120,9 @@ def to_scale(obj: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "apiVersion": "autoscaling/v1",
         "kind": "Scale",
-        "metadata": {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion") if k in meta},
+        "metadata": {
+            k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion") if k in meta
+        },
         "spec": {"replicas": (obj.get("spec") or {}).get("replicas", 0)},
         "status": {"replicas": status.get("replicas", 0), "selector": status.get("selector", "")},
     }
@@ -141,7 +144,24 @@ def _selector_matches(obj: Mapping[str, Any], selector: str) -> bool:
     return True
 
 
-class RecordingBus(kmock.Bus[Any]):
+_stock_parse_path = kmock_parsing.parse_path
+
+
+def _parse_path(path: str) -> Any:
+    """kmock 0.8 reads `/api/v1/namespaces[/NAME]` as a namespaced path with no plural
+    (and fails on the bare list, which Kopf's namespace observer calls): parse it as the
+    cluster-scoped `namespaces` resource, as the API server does."""
+    parts = path.strip("/").split("/")
+    if parts[:3] == ["api", "v1", "namespaces"] and len(parts) <= 4:
+        name = parts[3] if len(parts) == 4 else None
+        return kmock_parsing.ParsedPath("", "v1", "namespaces", None, name, None)
+    return _stock_parse_path(path)
+
+
+kmock_parsing.parse_path = _parse_path
+
+
+class RecordingBus(Bus[Any]):
     """A kmock bus that also keeps every event, so a watch can start from a version."""
 
     def __init__(self) -> None:
@@ -161,9 +181,13 @@ class KubeEmulator(kmock.KubernetesEmulator):
         self._revision = 0
         self._write_lock = asyncio.Lock()
         self._buses = collections.defaultdict(RecordingBus)
+        #: a test's fault injection: requests it returns True for get a 503
+        self.refuse: Callable[[kmock.Request], bool] | None = None
 
     # --- writes --------------------------------------------------------------------------
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        if self.refuse is not None and self.refuse(request):
+            raise kmock.KubernetesError(503, "ServiceUnavailable", "refused by the test")
         writes = (kmock.action.CREATE, kmock.action.UPDATE, kmock.action.DELETE)
         if request.resource is None or request.action not in writes:
             return await super()._handle(request)
@@ -196,7 +220,11 @@ class KubeEmulator(kmock.KubernetesEmulator):
             return  # kmock answers 404
         current = copy.deepcopy(self._objects[key].raw)
         if request.action == kmock.action.DELETE:
-            uid = ((request.data or {}).get("preconditions") or {}).get("uid") if isinstance(request.data, dict) else None
+            uid = (
+                ((request.data or {}).get("preconditions") or {}).get("uid")
+                if isinstance(request.data, dict)
+                else None
+            )
             if uid and uid != current["metadata"].get("uid"):
                 raise kmock.KubernetesError(409, "Conflict", f"uid precondition failed: {uid}")
             self._objects[key].patch({"metadata": {"resourceVersion": rv}})
@@ -211,7 +239,9 @@ class KubeEmulator(kmock.KubernetesEmulator):
             try:
                 patched = jsonpatch.apply_patch(copy.deepcopy(base), data)
             except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
-                raise kmock.KubernetesError(422, "Invalid", f"the patch does not apply: {exc}") from None
+                raise kmock.KubernetesError(
+                    422, "Invalid", f"the patch does not apply: {exc}"
+                ) from None
         elif isinstance(data, dict):
             asked = (data.get("metadata") or {}).get("resourceVersion")
             if asked and asked != base["metadata"].get("resourceVersion"):
@@ -249,7 +279,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
     # --- reads ---------------------------------------------------------------------------
     async def _serve_list(self, request: kmock.Request) -> Any:
         async with self._write_lock:
-            result = await super()._serve_list(request)
+            result: Any = await super()._serve_list(request)
             result["metadata"]["resourceVersion"] = str(self._revision)
         selector = request.params.get("labelSelector")
         if selector:
@@ -257,11 +287,11 @@ class KubeEmulator(kmock.KubernetesEmulator):
         return result
 
     async def _serve_fetch(self, request: kmock.Request) -> Any:
-        obj = await super()._serve_fetch(request)
+        obj: Any = await super()._serve_fetch(request)
         return to_scale(obj) if request.subresource == "scale" else obj
 
     async def _serve_update(self, request: kmock.Request) -> Any:
-        obj = await super()._serve_update(request)
+        obj: Any = await super()._serve_update(request)
         return to_scale(obj) if request.subresource == "scale" else obj
 
     async def _serve_watch(self, request: kmock.Request) -> AsyncIterator[Any]:
@@ -280,11 +310,15 @@ class KubeEmulator(kmock.KubernetesEmulator):
         try:
             for event in backlog:
                 meta = event.get("object", {}).get("metadata", {})
-                if check(request, request.resource, meta.get("namespace"), meta.get("name"), strict=False):
+                if check(
+                    request, request.resource, meta.get("namespace"), meta.get("name"), strict=False
+                ):
                     yield event
             async for event in bus.stream(since=marker):
                 meta = event.get("object", {}).get("metadata", {})
-                if check(request, request.resource, meta.get("namespace"), meta.get("name"), strict=False):
+                if check(
+                    request, request.resource, meta.get("namespace"), meta.get("name"), strict=False
+                ):
                     yield event
         finally:
             await bus.unmark(marker)
@@ -325,8 +359,8 @@ def declare(emulator: KubeEmulator, namespace: str) -> None:
 
 
 async def eventually(
-    probe: Callable[[], Awaitable[T] | T], timeout: float, what: str, interval: float = 0.2
-) -> T:
+    probe: Callable[[], Any], timeout: float, what: str, interval: float = 0.2
+) -> Any:
     """Poll `probe` until it returns something truthy; fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     last: Any = None
@@ -337,7 +371,7 @@ async def eventually(
         except (AssertionError, KeyError, aiohttp.ClientError, OSError) as exc:
             last = exc
         if last and not isinstance(last, Exception):
-            return last  # type: ignore[no-any-return]
+            return last
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
         await asyncio.sleep(interval)
@@ -422,7 +456,11 @@ class Kubelet:
         wanted = kmock.resource(resource)
         out = []
         for (res, ns, _name), obj in list(self.emulator.objects.items()):
-            same = (res.group, res.version, res.plural) == (wanted.group, wanted.version, wanted.plural)
+            same = (res.group, res.version, res.plural) == (
+                wanted.group,
+                wanted.version,
+                wanted.plural,
+            )
             if same and ns == self.namespace and not obj.deleted:
                 out.append(copy.deepcopy(obj.raw))
         return out
@@ -445,10 +483,14 @@ class Kubelet:
         template = spec["template"]
         revision = hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:10]
         mine = {
-            p: obj for p, obj in pods.items() if p.rsplit("-", 1)[0] == name and p.rsplit("-", 1)[1].isdigit()
+            p: obj
+            for p, obj in pods.items()
+            if p.rsplit("-", 1)[0] == name and p.rsplit("-", 1)[1].isdigit()
         }
         # scale-down: pods above the count go, with their volume if the policy says so
-        retention = (spec.get("persistentVolumeClaimRetentionPolicy") or {}).get("whenScaled", "Retain")
+        retention = (spec.get("persistentVolumeClaimRetentionPolicy") or {}).get(
+            "whenScaled", "Retain"
+        )
         for pod, obj in sorted(mine.items()):
             if int(pod.rsplit("-", 1)[1]) >= replicas:
                 await self._delete_pod(pod, obj)
@@ -459,7 +501,9 @@ class Kubelet:
         # a process whose pod object went away (or was replaced) stops, like a kubelet's
         for pod, process in list(self.running.items()):
             obj = pods.get(pod)
-            if pod.rsplit("-", 1)[0] == name and (obj is None or obj["metadata"]["uid"] != process.uid):
+            if pod.rsplit("-", 1)[0] == name and (
+                obj is None or obj["metadata"]["uid"] != process.uid
+            ):
                 await self._stop(self.running.pop(pod))
         for ordinal in range(replicas):
             pod = pod_name(name, ordinal)
@@ -481,21 +525,32 @@ class Kubelet:
 
     async def _report(self, sts: dict[str, Any], revision: str, replicas: int) -> None:
         name = sts["metadata"]["name"]
-        pods = [p for p in self.objects("v1/pods") if p["metadata"]["name"].rsplit("-", 1)[0] == name]
-        ready = sum(1 for p in pods if p["metadata"]["name"] in self.running and self.running[p["metadata"]["name"]].ready)
+        pods = [
+            p for p in self.objects("v1/pods") if p["metadata"]["name"].rsplit("-", 1)[0] == name
+        ]
+        ready = sum(
+            1
+            for p in pods
+            if p["metadata"]["name"] in self.running and self.running[p["metadata"]["name"]].ready
+        )
         status = {
             "observedGeneration": sts["metadata"].get("generation", 1),
             "replicas": len(pods),
             "readyReplicas": ready,
             "availableReplicas": ready,
             "updatedReplicas": sum(
-                1 for p in pods if p["metadata"]["labels"].get("controller-revision-hash") == revision
+                1
+                for p in pods
+                if p["metadata"]["labels"].get("controller-revision-hash") == revision
             ),
             "currentRevision": revision,
             "updateRevision": revision,
         }
         if sts.get("status") != status:
-            await self._patch(f"/apis/apps/v1/namespaces/{self.namespace}/statefulsets/{name}/status", {"status": status})
+            await self._patch(
+                f"/apis/apps/v1/namespaces/{self.namespace}/statefulsets/{name}/status",
+                {"status": status},
+            )
 
     # --- pods ----------------------------------------------------------------------------
     async def _create_pod(self, sts: dict[str, Any], ordinal: int, revision: str) -> dict[str, Any]:
@@ -527,7 +582,11 @@ class Kubelet:
                     }
                 ],
             },
-            "spec": {**template.get("spec", {}), "hostname": pod, "subdomain": sts["spec"].get("serviceName")},
+            "spec": {
+                **template.get("spec", {}),
+                "hostname": pod,
+                "subdomain": sts["spec"].get("serviceName"),
+            },
         }
         async with self.api.post(f"/api/v1/namespaces/{self.namespace}/pods", json=body) as resp:
             assert resp.status < 300, await resp.text()
@@ -545,7 +604,9 @@ class Kubelet:
             "podIP": "127.0.0.1",
             "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
         }
-        await self._patch(f"/api/v1/namespaces/{self.namespace}/pods/{pod}/status", {"status": status})
+        await self._patch(
+            f"/api/v1/namespaces/{self.namespace}/pods/{pod}/status", {"status": status}
+        )
 
     async def _patch(self, path: str, body: dict[str, Any]) -> None:
         headers = {"Content-Type": "application/merge-patch+json"}
@@ -604,9 +665,10 @@ class Kubelet:
     async def _readyz(self, process: PodProcess) -> bool:
         try:
             timeout = aiohttp.ClientTimeout(total=0.5)
-            async with aiohttp.ClientSession(timeout=timeout) as session, session.get(
-                f"http://127.0.0.1:{process.port}/readyz"
-            ) as resp:
+            async with (
+                aiohttp.ClientSession(timeout=timeout) as session,
+                session.get(f"http://127.0.0.1:{process.port}/readyz") as resp,
+            ):
                 return resp.status == 200
         except (aiohttp.ClientError, TimeoutError, OSError):
             return False
@@ -634,53 +696,65 @@ def _login(**_: Any) -> kopf.ConnectionInfo:
 
 @dataclass
 class OperatorRunner:
-    """Kopf in-process against the mock; `stop()` and `start()` again to restart it."""
+    """Kopf in-process against the mock; `stop()` and `start()` again to restart it.
+
+    Kopf runs in a thread with its own event loop: when it stops, it cancels every task
+    of its loop created after it started (it cannot tell its own from others), which in
+    the test's loop would include pytest's fixture finalizers.
+    """
 
     url: str
     namespace: str
     resolver: Callable[[str, str, int], str]
-    task: asyncio.Task[None] | None = None
-    stop_flag: asyncio.Event | None = None
-    kube: Kube | None = None
-    nodes: NodeAdmin | None = None
+    thread: threading.Thread | None = None
+    stop_flag: threading.Event | None = None
+    error: BaseException | None = None
     starts: int = 0
 
     async def start(self) -> None:
-        assert self.task is None, "already running"
+        assert self.thread is None, "already running"
         _Login.url = self.url
-        self.kube = Kube.for_url(self.url)
-        self.nodes = NodeAdmin(self.resolver, timeout_s=2.0)
-        self.stop_flag = asyncio.Event()
+        self.stop_flag = threading.Event()
+        self.error = None
+        self.thread = threading.Thread(target=self._run, name=f"kopf-{self.starts}", daemon=True)
+        self.thread.start()
+        self.starts += 1
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._operate())
+        except BaseException as exc:
+            self.error = exc
+
+    async def _operate(self) -> None:
+        assert self.stop_flag is not None
+        kube = Kube.for_url(self.url)
+        nodes = NodeAdmin(self.resolver, timeout_s=2.0)
         settings = kopf.OperatorSettings()
         settings.watching.connect_timeout = 5
         settings.networking.request_timeout = 10
-        memo = kopf.Memo(kube=self.kube, nodes=self.nodes, config=OperatorConfig(interval_s=INTERVAL_S))
-        self.task = asyncio.create_task(
-            kopf.operator(
+        memo = kopf.Memo(kube=kube, nodes=nodes, config=OperatorConfig(interval_s=INTERVAL_S))
+        try:
+            await kopf.operator(
                 standalone=True,
                 namespaces=[self.namespace],
                 stop_flag=self.stop_flag,
                 settings=settings,
                 memo=memo,
-            ),
-            name=f"kopf-{self.starts}",
-        )
-        self.starts += 1
+            )
+        finally:
+            await nodes.close()
+            kube.close()
 
     async def stop(self) -> None:
-        if self.task is None:
+        if self.thread is None:
             return
         assert self.stop_flag is not None
         self.stop_flag.set()
-        try:
-            await asyncio.wait_for(self.task, 30)
-        finally:
-            self.task = None
-            if self.nodes is not None:
-                await self.nodes.close()
-            if self.kube is not None:
-                self.kube.close()
+        thread, self.thread = self.thread, None
+        await asyncio.to_thread(thread.join, 30)
+        assert not thread.is_alive(), "the operator did not stop within 30 s"
 
     def check(self) -> None:
-        if self.task is not None and self.task.done():
-            raise AssertionError(f"the operator stopped: {self.task.exception()!r}")
+        if self.thread is not None and not self.thread.is_alive():
+            raise AssertionError(f"the operator stopped: {self.error!r}")

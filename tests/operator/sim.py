@@ -81,7 +81,9 @@ class World:
 
     # --- what the operator sees ---------------------------------------------------------
     def _answering(self) -> list[str]:
-        return [pod(i) for i, p in sorted(self.pods.items()) if p.ready and pod(i) not in self.silent]
+        return [
+            pod(i) for i, p in sorted(self.pods.items()) if p.ready and pod(i) not in self.silent
+        ]
 
     def member_views(self) -> tuple[MemberView, ...]:
         answering = set(self._answering())
@@ -112,7 +114,8 @@ class World:
                 last_anti_entropy=None,
             )
         pods = tuple(
-            PodView(pod(i), i, p.uid, p.ready, False, p.revision) for i, p in sorted(self.pods.items())
+            PodView(pod(i), i, p.uid, p.ready, False, p.revision)
+            for i, p in sorted(self.pods.items())
         )
         sts = StatefulSetView(
             replicas=self.sts_replicas,
@@ -149,7 +152,9 @@ class World:
                 remaining = [m for m, s in self.members.items() if s == "up"]
                 assert len(remaining) >= self.n, f"ring below n: {remaining}"
                 self.transfers = 3
-                self.transferring = frozenset(j.pod for j in action.joins) | frozenset(action.leaves)
+                self.transferring = frozenset(j.pod for j in action.joins) | frozenset(
+                    action.leaves
+                )
                 self.ring_version += 1
             case RunAntiEntropy():
                 self.anti_entropy_runs += 1
@@ -197,7 +202,11 @@ class World:
         for _ in range(limit):
             step = self.step()
             steps.append(step)
-            if isinstance(step.action, Idle) and len(steps) > 1 and isinstance(steps[-2].action, Idle):
+            if (
+                isinstance(step.action, Idle)
+                and len(steps) > 1
+                and isinstance(steps[-2].action, Idle)
+            ):
                 return steps
             self.settle()
         raise AssertionError(f"no idle after {limit} steps: {[s.action for s in steps[-5:]]}")

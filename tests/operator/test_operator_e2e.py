@@ -1,15 +1,275 @@
-"""End to end: Kopf in-process against kmock, real dynamo-node processes as pods."""
+"""End to end: Kopf runs the operator in-process against kmock, and every pod the
+StatefulSet should have is a real dynamo-node process (tests/operator/kmock_harness.py).
+
+What each test proves:
+- the minimal example becomes an Available 3-node cluster with every owned object in
+  place and owned (StatefulSet, both Services, PDB, ConfigMap, generated Secret);
+- an invalid spec fails permanently (Failed phase, InvalidSpec event, nothing built);
+- a scale below replication.n is refused (Degraded/ScaleDownRefused, a warning event)
+  and nothing is removed; a valid request afterwards clears it;
+- 3 -> 5 -> 3 through the scale subresource moves data first: keys stay readable with
+  R = N, status.members matches the ring, and the StatefulSet shrinks only after the
+  leaving nodes own nothing;
+- an operator stopped in the middle of a scale-down finishes it when restarted;
+- a rolling upgrade restarts one pod at a time (highest ordinal first), never two down,
+  each only after the previous is back and hints are drained, and loses no data.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
-from tests.operator.conftest import Env, minimal_example
+from dynamo_operator.builders import CONFIG_HASH_ANNOTATION
+from tests.operator.conftest import CLUSTERS, Env, minimal_example
+from tests.operator.kmock_harness import eventually
 
-pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
+
+NAME = "demo"
+
+
+def pods(count: int) -> list[str]:
+    return [f"{NAME}-{i}" for i in range(count)]
+
+
+def owned(obj: dict[str, Any] | None, uid: str) -> bool:
+    assert obj is not None
+    refs = obj["metadata"].get("ownerReferences", [])
+    return any(r["uid"] == uid and r["kind"] == "DynamoCluster" and r["controller"] for r in refs)
 
 
 async def test_minimal_example_becomes_available(env: Env) -> None:
+    created = await env.create(minimal_example())
+    uid = created["metadata"]["uid"]
+    status = await env.wait_stable(NAME, 3, timeout=60)
+
+    kubelet = env.kubelet
+    sts = env.statefulset(NAME)
+    assert owned(sts, uid) and sts is not None
+    assert sts["spec"]["replicas"] == 3 and sts["spec"]["updateStrategy"] == {"type": "OnDelete"}
+    for resource, name in [
+        ("v1/services", NAME),
+        ("v1/services", f"{NAME}-peers"),
+        ("policy/v1/poddisruptionbudgets", NAME),
+        ("v1/configmaps", f"{NAME}-config"),
+        ("v1/secrets", f"{NAME}-auth"),
+    ]:
+        assert owned(kubelet.object(resource, name), uid), (resource, name)
+
+    assert status["selector"] == "app.kubernetes.io/instance=demo,app.kubernetes.io/name=dynamokv"
+    assert status["observedGeneration"] == created["metadata"]["generation"]
+    await env.assert_members_match_ring(NAME, status, pods(3))
+    reasons = [e["reason"] for e in env.events()]
+    for reason in ("Created", "MembershipChange", "AntiEntropy", "ScaleComplete"):
+        assert reason in reasons, reasons
+    # auth is on: the admin API refuses the client token
+    code, _ = await env.node(
+        pods(1)[0], "GET", "/v1/admin/status", env.secret_value(NAME, "client-token")
+    )
+    assert code == 403
+
+
+async def test_invalid_spec_fails_permanently(env: Env) -> None:
+    manifest = minimal_example()
+    manifest["spec"] = {"partitions": 3}
+    await env.create(manifest)
+    status = await env.wait_status(NAME, 20, "Failed", phase="Failed", degraded=True)
+    degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
+    assert degraded["reason"] == "InvalidSpec" and "spec.partitions" in degraded["message"]
+    await eventually(lambda: env.events("InvalidSpec"), 10, "an InvalidSpec event")
+    assert env.events("InvalidSpec")[0]["type"] == "Warning"
+    assert env.statefulset(NAME) is None
+
+
+async def test_scale_below_n_is_refused(env: Env) -> None:
     await env.create(minimal_example())
-    status = await env.wait_stable("demo", 3, timeout=60)
-    print(status)
+    await env.wait_stable(NAME, 3, timeout=60)
+    await env.scale(NAME, 2)
+    status = await env.wait_status(
+        NAME, 20, "the refusal", phase="Degraded", degraded=True, available=True
+    )
+    degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
+    assert degraded["reason"] == "ScaleDownRefused" and "replication.n=3" in degraded["message"]
+    events = await eventually(lambda: env.events("ScaleDownRefused"), 10, "a refusal event")
+    assert events[0]["type"] == "Warning"
+    assert events[0]["involvedObject"]["name"] == NAME
+    # nothing was removed, and the refusal is not repeated on every observation
+    sts = env.statefulset(NAME)
+    assert sts is not None and sts["spec"]["replicas"] == 3
+    assert len(status["members"]) == 3 and {m["state"] for m in status["members"]} == {"up"}
+    await env.scale(NAME, 3)
+    await env.wait_stable(NAME, 3, timeout=20)
+    assert len(env.events("ScaleDownRefused")) == 1
+
+
+@pytest.mark.slow
+async def test_scale_up_and_down_moves_data_first(env: Env) -> None:
+    await env.create(minimal_example())
+    await env.wait_stable(NAME, 3, timeout=60)
+    written = await env.put_keys(NAME, pods(1)[0], 300)
+
+    await env.scale(NAME, 5)
+    status = await env.wait_stable(NAME, 5, timeout=90)
+    await env.assert_members_match_ring(NAME, status, pods(5))
+    await env.assert_readable(NAME, f"{NAME}-4", written)
+    joined = [e for e in env.events("MembershipChange") if "join demo-3, demo-4" in e["message"]]
+    assert joined, [e["message"] for e in env.events("MembershipChange")]
+
+    # 5 -> 3: watch the StatefulSet never shrink before both leaving nodes own nothing
+    await env.scale(NAME, 3)
+    left: set[str] = set()
+    violations: list[str] = []
+
+    async def shrunk() -> bool:
+        env.check()
+        sts = env.statefulset(NAME)
+        assert sts is not None
+        try:
+            view = await env.admin(NAME, pods(1)[0], "status")
+        except (AssertionError, OSError):
+            view = {"members": []}
+        for member in view["members"]:
+            if (
+                member["node"] in ("demo-3", "demo-4")
+                and member["state"] == "left"
+                and member["partitions"] == 0
+            ):
+                left.add(member["node"])
+        if sts["spec"]["replicas"] < 5 and left != {"demo-3", "demo-4"}:
+            violations.append(f"replicas {sts['spec']['replicas']} while left={left}")
+        return bool(sts["spec"]["replicas"] == 3)
+
+    await eventually(shrunk, 60, "the StatefulSet to shrink to 3", interval=0.05)
+    assert not violations, violations
+    status = await env.wait_stable(NAME, 3, timeout=60)
+    await env.assert_members_match_ring(NAME, status, pods(3))
+    await env.assert_readable(NAME, f"{NAME}-0", written)
+    # the order of the membership steps, as events (resourceVersion order)
+    reasons = [e["reason"] for e in env.events()]
+    leave = max(
+        i
+        for i, e in enumerate(env.events())
+        if e["reason"] == "MembershipChange" and "leave demo-4, demo-3" in e["message"]
+    )
+    shrink = max(i for i, r in enumerate(reasons) if r == "ScalingDown")
+    assert leave < shrink < max(i for i, r in enumerate(reasons) if r == "AntiEntropy")
+
+
+@pytest.mark.slow
+async def test_operator_restart_in_the_middle_of_a_scale_down(env: Env) -> None:
+    manifest = minimal_example()
+    manifest["spec"] = {"replicas": 5}
+    await env.create(manifest)
+    await env.wait_stable(NAME, 5, timeout=90)
+    written = await env.put_keys(NAME, pods(1)[0], 200)
+
+    # hold the StatefulSet shrink back (the API refuses it), so the operator is
+    # deterministically caught between the committed leaves and the shrink
+    env.emulator.refuse = lambda request: (
+        request.resource is not None
+        and request.resource.plural == "statefulsets"
+        and request.subresource is None
+        and request.method == "PATCH"
+    )
+    await env.scale(NAME, 3)
+    await eventually(
+        lambda: [e for e in env.events("ActionFailed") if "shrinking" in e["message"]],
+        60,
+        "the operator to reach the shrink",
+    )
+    await env.operator.stop()
+    env.emulator.refuse = None
+
+    # in the middle: the leaving nodes own nothing, the StatefulSet still has 5 pods,
+    # and the operation is on record
+    sts = env.statefulset(NAME)
+    assert sts is not None and sts["spec"]["replicas"] == 5
+    view = await env.admin(NAME, pods(1)[0], "status")
+    states = {m["node"]: (m["state"], m["partitions"]) for m in view["members"]}
+    assert states["demo-3"] == states["demo-4"] == ("left", 0)
+    operation = (await env.cluster(NAME))["status"]["operation"]
+    assert operation["kind"] == "scale" and operation["toReplicas"] == 3
+    assert operation["antiEntropyPending"] is True
+
+    await env.operator.start()
+    status = await env.wait_stable(NAME, 3, timeout=60)
+    assert env.operator.starts == 2
+    sts = env.statefulset(NAME)
+    assert sts is not None and sts["spec"]["replicas"] == 3
+    await env.assert_members_match_ring(NAME, status, pods(3))
+    await env.assert_readable(NAME, f"{NAME}-2", written)
+    assert env.events("AntiEntropy"), "the restarted operator ran the owed anti-entropy"
+
+
+@pytest.mark.slow
+async def test_rolling_upgrade_one_pod_at_a_time(env: Env) -> None:
+    await env.create(minimal_example())
+    await env.wait_stable(NAME, 3, timeout=60)
+    written = await env.put_keys(NAME, pods(1)[0], 100)
+    before = {p: env.kubelet.object("v1/pods", p) for p in pods(3)}
+    env.kubelet.max_unready = 0
+    mark = len(env.kubelet.timeline)
+
+    await env.patch(
+        f"{CLUSTERS}/{NAME}", {"spec": {"image": "dynamokv/node:0.2.0", "replication": {"r": 3}}}
+    )
+
+    async def upgraded() -> bool:
+        env.check()
+        objs = [env.kubelet.object("v1/pods", p) for p in pods(3)]
+        return all(
+            o is not None
+            and o["spec"]["containers"][0]["image"] == "dynamokv/node:0.2.0"
+            and o["metadata"]["uid"] != before[o["metadata"]["name"]]["metadata"]["uid"]
+            for o in objs
+        )
+
+    await eventually(upgraded, 120, "every pod on the new image")
+    status = await env.wait_stable(NAME, 3, timeout=60)
+    assert env.kubelet.max_unready <= 1, "two pods were down at once"
+
+    timeline = [
+        (event, pod)
+        for _, event, pod in env.kubelet.timeline[mark:]
+        if event in ("stopped", "ready")
+    ]
+    assert [pod for event, pod in timeline if event == "stopped"] == ["demo-2", "demo-1", "demo-0"]
+    # each pod is stopped only after the previous one is ready again
+    assert timeline == [
+        ("stopped", "demo-2"), ("ready", "demo-2"),
+        ("stopped", "demo-1"), ("ready", "demo-1"),
+        ("stopped", "demo-0"), ("ready", "demo-0"),
+    ]  # fmt: skip
+    restarted = [e["message"] for e in env.events("PodRestarted")]
+    assert len(restarted) == 3, restarted
+    pod0 = env.kubelet.object("v1/pods", "demo-0")
+    assert pod0 is not None
+    config_map = env.kubelet.object("v1/configmaps", f"{NAME}-config")
+    assert config_map is not None and '"r":3' in config_map["data"]["node.json"]
+    sts = env.statefulset(NAME)
+    assert sts is not None
+    template_hash = sts["spec"]["template"]["metadata"]["annotations"][CONFIG_HASH_ANNOTATION]
+    assert pod0["metadata"]["annotations"][CONFIG_HASH_ANNOTATION] == template_hash
+    await env.assert_members_match_ring(NAME, status, pods(3))
+    await env.assert_readable(NAME, f"{NAME}-0", written)
+
+
+@pytest.mark.slow
+async def test_scale_up_interrupted_by_a_smaller_scale_settles_without_getting_stuck(
+    env: Env,
+) -> None:
+    await env.create(minimal_example())
+    await env.wait_stable(NAME, 3, timeout=60)
+    written = await env.put_keys(NAME, pods(1)[0], 100)
+
+    await env.scale(NAME, 5)
+    await eventually(lambda: env.events("ScalingUp"), 20, "the StatefulSet to grow")
+    await env.scale(NAME, 4)  # while demo-3 and demo-4 start (or join)
+    status = await env.wait_stable(NAME, 4, timeout=90)
+    sts = env.statefulset(NAME)
+    assert sts is not None and sts["spec"]["replicas"] == 4
+    await env.assert_members_match_ring(NAME, status, pods(4))
+    await env.assert_readable(NAME, f"{NAME}-3", written)
+    assert env.kubelet.object("v1/pods", f"{NAME}-4") is None

@@ -35,7 +35,9 @@ from tests.operator.sim import World, pod
 T0, T1 = "2026-01-01T00:00:00Z", "2026-01-01T00:01:00Z"
 
 
-def status_of(world: World, previous: dict[str, Any] | None = None, now: str = T0, **kw: Any) -> dict[str, Any]:
+def status_of(
+    world: World, previous: dict[str, Any] | None = None, now: str = T0, **kw: Any
+) -> dict[str, Any]:
     observed = world.observed()
     return compute_status(
         observed=observed,
@@ -176,11 +178,19 @@ def test_last_anti_entropy_is_the_latest_known() -> None:
     assert status_of(world)["lastAntiEntropy"] is None
     assert status_of(world, {"lastAntiEntropy": T0}, anti_entropy_at=T1)["lastAntiEntropy"] == T1
     observed = world.observed()
-    nodes = {k: dataclasses.replace(v, last_anti_entropy="2027-01-01T00:00:00Z") for k, v in observed.nodes.items()}
+    nodes = {
+        k: dataclasses.replace(v, last_anti_entropy="2027-01-01T00:00:00Z")
+        for k, v in observed.nodes.items()
+    }
     observed = dataclasses.replace(observed, nodes=nodes)
     status = compute_status(
-        observed=observed, step=next_step(observed), r=2, w=2, generation=1,
-        previous={"lastAntiEntropy": T1}, now=T1,
+        observed=observed,
+        step=next_step(observed),
+        r=2,
+        w=2,
+        generation=1,
+        previous={"lastAntiEntropy": T1},
+        now=T1,
     )
     assert status["lastAntiEntropy"] == "2027-01-01T00:00:00Z"
 
