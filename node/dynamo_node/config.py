@@ -72,6 +72,8 @@ class NodeConfig:
     anti_entropy_interval_s: float = 60.0
     transfer_batch_keys: int = 500
     transfer_batch_pause_s: float = 0.0
+    #: partitions this node sends at the same time (Riak's transfer_limit)
+    transfer_concurrency: int = 2
     #: a tombstone is purged (once every replica holds it) no earlier than this
     tombstone_grace_s: float = 10.0
 

@@ -66,6 +66,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="seconds a tombstone is kept at least before GC",
     )
     p.add_argument("--gossip-interval", dest="gossip_interval_s", type=float)
+    p.add_argument(
+        "--transfer-batch",
+        dest="transfer_batch_keys",
+        type=int,
+        help="keys per partition-transfer batch",
+    )
+    p.add_argument(
+        "--transfer-pause",
+        dest="transfer_batch_pause_s",
+        type=float,
+        help="seconds to pause between transfer batches (throttle)",
+    )
     p.add_argument("--failure-timeout", dest="failure_timeout_s", type=float)
     p.add_argument("--client-token-file", help="file holding the client token")
     p.add_argument("--cluster-token-file", help="file holding the cluster (admin/internal) token")

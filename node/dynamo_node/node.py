@@ -137,6 +137,7 @@ class Node:
         self._seed_addresses: dict[str, tuple[str, int]] = {}
         self._rng = random.Random()
         self._probe: asyncio.Future[None] | None = None
+        self._transfer_wake = asyncio.Event()
         from .antientropy import AntiEntropy
 
         self.anti_entropy = AntiEntropy(self)
@@ -543,7 +544,9 @@ class Node:
     # --- transfers -----------------------------------------------------------------------
     async def _transfer_loop(self) -> None:
         while True:
-            await asyncio.sleep(0.2)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._transfer_wake.wait(), 0.2)
+            self._transfer_wake.clear()
             state = self.state
             if state is None or state.next is None:
                 continue
@@ -551,6 +554,8 @@ class Node:
                 key = (t.partition, t.target)
                 if t.source != self.node_id or key in self._transfer_tasks:
                     continue
+                if len(self._transfer_tasks) >= self.config.transfer_concurrency:
+                    break
                 task = asyncio.create_task(self._stream(state.epoch, t.partition, t.target))
                 self._transfer_tasks[key] = task
                 task.add_done_callback(self._transfer_finished(key))
@@ -558,6 +563,7 @@ class Node:
     def _transfer_finished(self, key: tuple[int, str]) -> Callable[[asyncio.Task[None]], None]:
         def done(_task: asyncio.Task[None]) -> None:
             self._transfer_tasks.pop(key, None)
+            self._transfer_wake.set()
 
         return done
 
@@ -595,6 +601,8 @@ class Node:
                     if self.config.transfer_batch_pause_s:
                         await asyncio.sleep(self.config.transfer_batch_pause_s)
                 if len(batch) < self.config.transfer_batch_keys:
+                    if self.config.transfer_batch_pause_s:
+                        await asyncio.sleep(self.config.transfer_batch_pause_s)
                     break
             current = self.require_state()
             if current.epoch != epoch:

@@ -205,3 +205,54 @@ def test_paused_replica_converges_by_anti_entropy_alone(procs: Cluster, total: i
         procs.resume(n1)
     assert not missing, len(missing)
     print(json.dumps({"total": total, "baseline": baseline, "d10": bytes_small, "d1000": bytes_large}))
+
+
+def test_transfer_resumes_after_either_side_crashes(procs: Cluster) -> None:
+    slow = ("--transfer-batch", "50", "--transfer-pause", "0.02")
+    n0, n1, n2 = procs.form(3, *slow)
+    keys = [f"key{i}" for i in range(3000)]
+    load(procs, n0, keys)
+    n3 = procs.add_node(*slow, seed=n0)
+    wait_for(lambda: any(m["node"] == "n3" for m in procs.status(n0)["members"]), 20)
+    procs.admin(n0, "POST", "join", {"address": n3.address})
+    procs.admin(n0, "POST", "commit")
+
+    def halfway(node: NodeProc) -> bool:
+        st = procs.status(node)
+        done = st["transfers_total"] - len(st["transfers"])
+        return 0 < done < st["transfers_total"] - 20
+
+    wait_for(lambda: halfway(n1), 60, interval=0.02, what="transfers under way")
+    procs.kill(n1)  # a sender dies mid-stream...
+    procs.start(n1)
+    wait_for(lambda: halfway(n0), 60, interval=0.02, what="transfers under way again")
+    procs.kill(n3)  # ...and so does the receiver
+    procs.start(n3)
+    procs.wait_converged([n0, n1, n2, n3], timeout=180)
+    assert not readable(procs, n3, keys)
+    assert not readable(procs, n0, keys)
+
+
+def test_tombstones_are_purged_once_every_replica_has_them(procs: Cluster) -> None:
+    nodes = procs.form(3, "--tombstone-grace", "0", "--anti-entropy-interval", "0")
+    n0 = nodes[0]
+    keys = [f"gone{i}" for i in range(50)]
+    load(procs, n0, keys)
+    for key in keys:
+        ctx = procs.get(n0, key)[1]["X-Dynamo-Context"]
+        assert procs.delete(n0, key, context=ctx, query="?w=3")[0] == 204
+    procs.pause(nodes[2])
+    try:  # a replica is unreachable: nothing may be purged
+        wait_for(
+            lambda: next(m["state"] for m in procs.status(n0)["members"] if m["node"] == "n2")
+            == "down",
+            10,
+        )
+        assert _ae_pass(procs, n0)["tombstones_purged"] == 0
+    finally:
+        procs.resume(nodes[2])
+    procs.wait_converged(nodes)
+    assert _ae_pass(procs, n0)["tombstones_purged"] == 50
+    for node in nodes:  # gone everywhere: no context left behind, a plain 404
+        status, headers, _ = procs.get(node, keys[0], "?r=1")
+        assert status == 404 and "X-Dynamo-Context" not in headers
