@@ -39,11 +39,21 @@ _KEY = {
     "in": "path",
     "required": True,
     "description": "the key, UTF-8, percent-encoded, 1..1024 bytes",
-    "schema": {"type": "string", "minLength": 1},
+    # 1..1024 UTF-8 bytes: 256 characters always fit
+    "schema": {"type": "string", "minLength": 1, "maxLength": 256},
 }
-_Q = {"type": "string", "pattern": "^([1-9][0-9]?|one|quorum|all)$"}
-_R = {"name": "r", "in": "query", "required": False, "schema": _Q}
-_W = {"name": "w", "in": "query", "required": False, "schema": _Q}
+
+
+def _quorum(name: str, n: int) -> dict[str, Any]:
+    values = [str(i) for i in range(1, n + 1)] + ["one", "quorum", "all"]
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "schema": {"type": "string", "enum": values},
+    }
+
+
 _TIMEOUT = {
     "name": "timeout_ms",
     "in": "query",
@@ -64,8 +74,10 @@ def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-def openapi_document() -> dict[str, Any]:
+def openapi_document(n: int = 3) -> dict[str, Any]:
+    """The document for a cluster with N replicas (r and w range over 1..N)."""
     obj = {"type": "object"}
+    _R, _W = _quorum("r", n), _quorum("w", n)  # noqa: N806
     return {
         "openapi": "3.0.3",
         "info": {"title": "dynamokv node API", "version": __version__},

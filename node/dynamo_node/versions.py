@@ -8,8 +8,11 @@ seen (the client's context). Sibling `s` is obsolete when another sibling's past
 Operations and their algebra (property-tested in tests/node/test_versions.py):
 - `update(obj, context, dot, ...)`: a put. It removes exactly the siblings whose dots the
   context covers and adds one new sibling; with an empty context it removes nothing.
-- `sync(a, b)`: replica merge. Commutative, associative, idempotent; the result keeps
-  every sibling not obsoleted by another one (no acknowledged write is dropped).
+- `sync(a, b)`: replica merge. Commutative and idempotent, and associative as long as
+  no clock was pruned; the result keeps every sibling not obsoleted by another one (no
+  acknowledged write is dropped). Pruning (only of entries older than a day by default)
+  makes coverage non-transitive: an ancestor may then come back as a sibling, depending
+  on merge order, and `prune_suspects` reports it; it is never silently dropped.
 - Tombstones are siblings with `value is None`; `visible()` hides them next to live
   siblings.
 - Last-write-wins mode keeps only the newest sibling by (timestamp, dot).
@@ -39,8 +42,18 @@ class Sibling:
         return self.past.add(self.dot, self.timestamp_ms)
 
 
-def _rank(s: Sibling) -> tuple[int, str, int, bytes, str]:
-    return (s.timestamp_ms, s.dot.actor, s.dot.counter, s.value or b"", s.content_type)
+def _rank(s: Sibling) -> tuple[int, str, int, int, bytes, str, tuple[tuple[str, int], ...], bool]:
+    """A total order on siblings (used only to pick deterministically)."""
+    return (
+        s.timestamp_ms,
+        s.dot.actor,
+        s.dot.counter,
+        0 if s.value is None else 1,
+        s.value or b"",
+        s.content_type,
+        tuple(sorted(s.past.counters().items())),
+        s.past.pruned,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,10 +119,8 @@ def sync(a: Object, b: Object, *, lww: bool = False) -> SyncResult:
         1
         for s in kept
         for t in kept
-        if t is not s
-        and t.past.pruned
-        and t.past.counter(s.dot.actor) == 0
-        and s.timestamp_ms <= t.timestamp_ms
+        # wall clocks can be skewed, so timestamps cannot rule a suspect out
+        if t is not s and t.past.pruned and t.past.counter(s.dot.actor) == 0
     )
     return SyncResult(Object(kept), suspects)
 

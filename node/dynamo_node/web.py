@@ -45,6 +45,8 @@ log = logging.getLogger("dynamo.web")
 CONTEXT_HEADER = "X-Dynamo-Context"
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 KV_PREFIX = "/v1/kv/"
+#: any character, newlines included (keys are arbitrary UTF-8; parsed from the raw path)
+KV_ROUTE = "/v1/kv/{key:[\\s\\S]+}"
 
 NODE_KEY = web.AppKey("node", Node)
 METRICS_KEY = web.AppKey("metrics", Metrics)
@@ -345,12 +347,13 @@ def build_app(node: Node, metrics: Metrics | None = None) -> web.Application:
         )
 
     async def openapi(request: web.Request) -> web.Response:
-        return web.json_response(openapi_document())
+        n = node.state.n if node.state is not None else node.config.n
+        return web.json_response(openapi_document(n))
 
     r = app.router
-    r.add_route("GET", "/v1/kv/{key:.+}", kv.get)
-    r.add_route("PUT", "/v1/kv/{key:.+}", kv.put)
-    r.add_route("DELETE", "/v1/kv/{key:.+}", kv.delete)
+    r.add_route("GET", KV_ROUTE, kv.get)
+    r.add_route("PUT", KV_ROUTE, kv.put)
+    r.add_route("DELETE", KV_ROUTE, kv.delete)
     r.add_get("/v1/admin/status", admin.status)
     r.add_get("/v1/admin/ring", admin.ring)
     r.add_post("/v1/admin/join", admin.join)

@@ -129,12 +129,14 @@ def compute_status(
     def cond(kind: str, value: tuple[str, str, str]) -> dict[str, Any]:
         return condition(kind, *value, now=now, generation=generation, previous=before)
 
+    # ring members, and nodes that are pods of the cluster (joining ones included); not
+    # a node that left, nor one the nodes still remember from a pod that never joined
     source = ring.coordinator or _any_view(observed)
     members = (
         [
             {"name": m.name, "address": m.address, "state": m.state, "partitions": m.partitions}
             for m in source.members
-            if m.state != "left"
+            if m.state != "left" and (m.name in ring.members or observed.pod(m.name) is not None)
         ]
         if source is not None
         else []

@@ -95,9 +95,13 @@ class Env:
             k: expected.pop(k) for k in ("available", "progressing", "degraded") if k in expected
         }
 
+        last: dict[str, Any] = {}
+
         async def probe() -> dict[str, Any] | None:
             self.check()
             status = (await self.cluster(name)).get("status") or {}
+            last.clear()
+            last.update(status)
             for key, value in expected.items():
                 if status.get(key) != value:
                     return None
@@ -107,7 +111,10 @@ class Env:
                     return None
             return status
 
-        return await eventually(probe, timeout, what)
+        try:
+            return dict(await eventually(probe, timeout, what))
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}; last status: {json.dumps(last, indent=1)}") from None
 
     async def wait_stable(self, name: str, replicas: int, timeout: float = 60) -> dict[str, Any]:
         status = await self.wait_status(

@@ -30,6 +30,18 @@ pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
 NAME = "demo"
 
 
+#: the other tests use fewer partitions than the example's 256: the node transfers and
+#: gossips each partition on its own, which makes every ring change take seconds
+SMALL_Q = 32
+
+
+def example(**spec: Any) -> dict[str, Any]:
+    """The minimal example with a smaller ring and these spec fields."""
+    manifest = minimal_example()
+    manifest["spec"] = {"partitions": SMALL_Q, **spec}
+    return manifest
+
+
 def pods(count: int) -> list[str]:
     return [f"{NAME}-{i}" for i in range(count)]
 
@@ -43,7 +55,7 @@ def owned(obj: dict[str, Any] | None, uid: str) -> bool:
 async def test_minimal_example_becomes_available(env: Env) -> None:
     created = await env.create(minimal_example())
     uid = created["metadata"]["uid"]
-    status = await env.wait_stable(NAME, 3, timeout=60)
+    status = await env.wait_stable(NAME, 3, timeout=120)
 
     kubelet = env.kubelet
     sts = env.statefulset(NAME)
@@ -72,9 +84,7 @@ async def test_minimal_example_becomes_available(env: Env) -> None:
 
 
 async def test_invalid_spec_fails_permanently(env: Env) -> None:
-    manifest = minimal_example()
-    manifest["spec"] = {"partitions": 3}
-    await env.create(manifest)
+    await env.create(example(partitions=3))
     status = await env.wait_status(NAME, 20, "Failed", phase="Failed", degraded=True)
     degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
     assert degraded["reason"] == "InvalidSpec" and "spec.partitions" in degraded["message"]
@@ -84,7 +94,7 @@ async def test_invalid_spec_fails_permanently(env: Env) -> None:
 
 
 async def test_scale_below_n_is_refused(env: Env) -> None:
-    await env.create(minimal_example())
+    await env.create(example())
     await env.wait_stable(NAME, 3, timeout=60)
     await env.scale(NAME, 2)
     status = await env.wait_status(
@@ -106,7 +116,7 @@ async def test_scale_below_n_is_refused(env: Env) -> None:
 
 @pytest.mark.slow
 async def test_scale_up_and_down_moves_data_first(env: Env) -> None:
-    await env.create(minimal_example())
+    await env.create(example())
     await env.wait_stable(NAME, 3, timeout=60)
     written = await env.put_keys(NAME, pods(1)[0], 300)
 
@@ -159,9 +169,7 @@ async def test_scale_up_and_down_moves_data_first(env: Env) -> None:
 
 @pytest.mark.slow
 async def test_operator_restart_in_the_middle_of_a_scale_down(env: Env) -> None:
-    manifest = minimal_example()
-    manifest["spec"] = {"replicas": 5}
-    await env.create(manifest)
+    await env.create(example(replicas=5))
     await env.wait_stable(NAME, 5, timeout=90)
     written = await env.put_keys(NAME, pods(1)[0], 200)
 
@@ -205,7 +213,7 @@ async def test_operator_restart_in_the_middle_of_a_scale_down(env: Env) -> None:
 
 @pytest.mark.slow
 async def test_rolling_upgrade_one_pod_at_a_time(env: Env) -> None:
-    await env.create(minimal_example())
+    await env.create(example())
     await env.wait_stable(NAME, 3, timeout=60)
     written = await env.put_keys(NAME, pods(1)[0], 100)
     before = {p: env.kubelet.object("v1/pods", p) for p in pods(3)}
@@ -260,7 +268,7 @@ async def test_rolling_upgrade_one_pod_at_a_time(env: Env) -> None:
 async def test_scale_up_interrupted_by_a_smaller_scale_settles_without_getting_stuck(
     env: Env,
 ) -> None:
-    await env.create(minimal_example())
+    await env.create(example())
     await env.wait_stable(NAME, 3, timeout=60)
     written = await env.put_keys(NAME, pods(1)[0], 100)
 

@@ -173,6 +173,18 @@ def test_left_members_are_not_listed() -> None:
     assert [m["name"] for m in status_of(world)["members"]] == [pod(0), pod(1), pod(2)]
 
 
+def test_a_remembered_node_whose_pod_never_joined_is_not_listed() -> None:
+    world = World.running(3)
+    world.members[pod(4)] = "joining"  # known by gossip, its pod since removed
+    names = [m["name"] for m in status_of(world)["members"]]
+    assert names == [pod(0), pod(1), pod(2)]
+    world.pods[3] = world.new_pod(ready=True)  # a pod that is joining is listed
+    world.sts_replicas = 4
+    world.members[pod(3)] = "joining"
+    members = {m["name"]: m["state"] for m in status_of(world)["members"]}
+    assert members[pod(3)] == "joining" and pod(4) not in members
+
+
 def test_last_anti_entropy_is_the_latest_known() -> None:
     world = World.running(3)
     assert status_of(world)["lastAntiEntropy"] is None
