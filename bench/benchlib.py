@@ -369,7 +369,11 @@ def start_py_spy(
     if not Path(exe).exists():
         raise SystemExit("py-spy not found: pip install py-spy (into the venv)")
     out.parent.mkdir(parents=True, exist_ok=True)
-    argv = [exe, "record", "-p", str(pid), "-d", str(int(seconds)), "-r", "200"]
+    # --nonblocking: do not pause the process per sample. Pausing (the default) slows a
+    # node so much that its peers race ahead and flood it with replication (W=2 needs
+    # only the two others), which distorts the very profile being taken.
+    argv = [exe, "record", "-p", str(pid), "-d", str(int(seconds)), "-r", "100"]
+    argv.append("--nonblocking")
     argv += ["-f", "raw", "-o", str(out)]
     if native:
         argv.append("--native")

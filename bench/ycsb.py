@@ -443,7 +443,9 @@ def profile_node(
         spy, path, f"{system.name} n0 under {label} (µs per coordinated request)", us_per_op=us
     )
     if prof is not None:
-        prof["ops_per_s_while_profiling"] = res["ops_per_s"]
+        prof["run_while_profiling"] = {
+            k: res[k] for k in ("ops_per_s", "errors", "p50_ms", "p99_ms", "by_op")
+        }
     return prof
 
 

@@ -124,13 +124,16 @@ class LocalCluster:
             )
             _call(first, "POST", "/v1/admin/join", {"address": self.address(i)})
         _call(first, "POST", "/v1/admin/commit")
-        _wait("partition transfers", self._settled, timeout=300)
+
+    def wait_settled(self) -> None:
+        _wait("the ring to settle", self._settled, timeout=300)
 
     def _settled(self) -> bool:
+        """Every node has the same ring, no transfer runs, every member is up."""
         versions = set()
         for i in range(self.count):
             st = _call(self.address(i), "GET", "/v1/admin/status")
-            if st["transfers"]:
+            if st["transfers"] or any(m["state"] != "up" for m in st["members"]):
                 return False
             versions.add(st["ring_version"])
         return len(versions) == 1
@@ -179,6 +182,7 @@ def run_local(args: argparse.Namespace) -> int:
     try:
         cluster.start()
         cluster.form_ring()
+        cluster.wait_settled()
         print(f"dynamokv: {cluster.count}-node cluster running (data in {cluster.dir})")
         for i in range(cluster.count):
             print(f"  node{i}  http://{cluster.address(i)}  pid {cluster.procs[i].pid}")

@@ -217,6 +217,12 @@ class Node:
             self.set_state(self.state.with_member(self.member))
         elif self.state is not None:
             self.set_state(self.state)
+        if self.state is not None:
+            # optimistic start: known members count as up until they fail to answer or
+            # their heartbeat stalls for failure_timeout_s
+            now = self.monotonic()
+            for member in self.state.members.values():
+                self.detector.heard(member.node, now)
         if self.serve_peers:
             await self._rpc.start(self.config.host, self.config.effective_peer_port)
         for name, loop in (
