@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -31,7 +32,9 @@ def stack_dump(pid: int) -> str:
 
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     try:
-        out = subprocess.run([spy, "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=20)
+        out = subprocess.run(
+            [spy, "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=20
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"(no stack dump: {exc})"
     return out.stdout[-6000:] or out.stderr[-2000:]
@@ -80,10 +83,11 @@ def http(
     body: bytes | None = None,
     headers: dict[str, str] | None = None,
     timeout: float = 10.0,
+    context: ssl.SSLContext | None = None,
 ) -> tuple[int, dict[str, str], bytes]:
     req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        with urllib.request.urlopen(req, timeout=timeout, context=context) as resp:
             return resp.status, dict(resp.headers), resp.read()
     except urllib.error.HTTPError as err:
         return err.code, dict(err.headers), err.read()
@@ -99,6 +103,7 @@ class NodeProc:
     node_id: str
     proc: subprocess.Popen[bytes] | None = None
     paused: bool = False
+    scheme: str = "http"
 
     @property
     def address(self) -> str:
@@ -106,7 +111,7 @@ class NodeProc:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     @property
     def pid(self) -> int:
@@ -129,6 +134,8 @@ class Cluster:
     env: dict[str, str] = field(default_factory=dict)
     nodes: list[NodeProc] = field(default_factory=list)
     token: str = ""
+    scheme: str = "http"
+    ssl_context: ssl.SSLContext | None = None
 
     def _headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         h = dict(extra or {})
@@ -157,7 +164,9 @@ class Cluster:
         ]
         if seed is not None:
             args += ["--seed", seed.address]
-        node = NodeProc(index, port, data_dir, args, self.root / f"node{index}.log", node_id)
+        node = NodeProc(
+            index, port, data_dir, args, self.root / f"node{index}.log", node_id, scheme=self.scheme
+        )
         self.nodes.append(node)
         self.start(node)
         return node
@@ -189,7 +198,9 @@ class Cluster:
         headers: dict[str, str] | None = None,
         timeout: float = 10.0,
     ) -> tuple[int, dict[str, str], bytes]:
-        return http(method, node.url + path, body, self._headers(headers), timeout)
+        return http(
+            method, node.url + path, body, self._headers(headers), timeout, self.ssl_context
+        )
 
     def admin(self, node: NodeProc, method: str, path: str, payload: Any = None) -> Any:
         body = json.dumps(payload).encode() if payload is not None else None

@@ -249,7 +249,6 @@ class AntiEntropy:
 
     # --- tombstone GC -------------------------------------------------------------------------
     async def collect_tombstones(self, p: int) -> int:
-        from .node import partition_keys
 
         state = self.node.require_state()
         replicas = state.preference_list(p)

@@ -85,6 +85,7 @@ exit codes:
 environment:
   DYNAMO_NODE   default for --node (else 127.0.0.1:7070)
   DYNAMO_TOKEN  default for --token
+  DYNAMO_TLS_CA a CA file: use HTTPS and verify the node against it
 """
 
 Handler = Callable[[DynamoClient, argparse.Namespace], int]
@@ -708,7 +709,9 @@ def _run(args: argparse.Namespace) -> int:
     if handler is None:
         return cmd_local(args)
     try:
-        client = DynamoClient(args.node, args.token, args.timeout)
+        client = DynamoClient(
+            args.node, args.token, args.timeout, tls_ca=os.environ.get("DYNAMO_TLS_CA") or None
+        )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     with client:

@@ -27,6 +27,7 @@ import base64
 import binascii
 import http.client
 import json
+import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
@@ -259,11 +260,17 @@ class DynamoClient:
     """
 
     def __init__(
-        self, node: str = DEFAULT_NODE, token: str | None = None, timeout: float = DEFAULT_TIMEOUT_S
+        self,
+        node: str = DEFAULT_NODE,
+        token: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        tls_ca: str | None = None,
     ) -> None:
         self.node = node
         self.host, self.port = split_node(node)
         self.token = token
+        #: a CA file: talk HTTPS and verify the node against it
+        self.tls_ca = tls_ca
         self.timeout = timeout
         self._conn: http.client.HTTPConnection | None = None
         self._reused = False  # has the open connection already served a request?
@@ -287,7 +294,13 @@ class DynamoClient:
 
     def _connection(self) -> http.client.HTTPConnection:
         if self._conn is None:
-            self._conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+            if self.tls_ca:
+                ctx = ssl.create_default_context(cafile=self.tls_ca)
+                self._conn = http.client.HTTPSConnection(
+                    self.host, self.port, timeout=self.timeout, context=ctx
+                )
+            else:
+                self._conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
             self._reused = False
         return self._conn
 

@@ -26,7 +26,7 @@ class CodecError(ValueError):
 
 def clock_to_wire(clock: VClock) -> list[Any]:
     flat: list[Any] = []
-    for actor, counter, ts in clock.items():
+    for actor, counter, ts in clock.items():  # sorted by actor: equal clocks, equal bytes
         flat.extend((actor, counter, ts))
     return flat
 

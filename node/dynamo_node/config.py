@@ -82,6 +82,11 @@ class NodeConfig:
     client_token: str = ""
     cluster_token: str = ""
     max_concurrent_requests: int = 1024
+    #: TLS for the HTTP API and the node-to-node protocol ("" = plain TCP); peers are
+    #: verified against tls_ca_file (and present tls_cert_file themselves)
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_ca_file: str = ""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -89,6 +94,14 @@ class NodeConfig:
     @property
     def effective_peer_port(self) -> int:
         return self.peer_port or self.port + PEER_PORT_OFFSET
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_cert_file)
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
 
     @property
     def address(self) -> str:
@@ -116,6 +129,10 @@ class NodeConfig:
             raise InvalidRequest("key and value limits must be positive")
         if self.clock_max_entries < 1:
             raise InvalidRequest("clock_max_entries must be >= 1")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise InvalidRequest("TLS needs both a certificate and a key file")
+        if self.tls_cert_file and not self.tls_ca_file:
+            raise InvalidRequest("TLS needs a CA file to verify peers (tls_ca_file)")
         if self.request_timeout_ms < 1:
             raise InvalidRequest("request_timeout_ms must be >= 1")
 

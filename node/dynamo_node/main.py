@@ -20,6 +20,7 @@ from .errors import DynamoError
 from .metrics import Metrics
 from .node import Node
 from .storage_rocks import RocksStorage
+from .tls import server_context
 from .web import build_app
 
 log = logging.getLogger("dynamo.main")
@@ -81,6 +82,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--failure-timeout", dest="failure_timeout_s", type=float)
     p.add_argument("--client-token-file", help="file holding the client token")
     p.add_argument("--cluster-token-file", help="file holding the cluster (admin/internal) token")
+    p.add_argument("--tls-cert", dest="tls_cert_file", help="PEM certificate (chain) of this node")
+    p.add_argument("--tls-key", dest="tls_key_file", help="PEM private key of this node")
+    p.add_argument("--tls-ca", dest="tls_ca_file", help="PEM CA that signed every node")
+    p.add_argument("--max-concurrent-requests", dest="max_concurrent_requests", type=int)
     p.add_argument("--log-level", default=os.environ.get("DYNAMO_LOG_LEVEL", "INFO"))
     return p.parse_args(argv)
 
@@ -105,19 +110,10 @@ def build_config(args: argparse.Namespace) -> NodeConfig:
         if unknown:
             raise DynamoError(f"{args.config}: unknown settings {sorted(unknown)}")
         settings.update(loaded)
-    for name in (
-        "partitions",
-        "n",
-        "r",
-        "w",
-        "durability",
-        "lww",
-        "hinted_handoff",
-        "anti_entropy_interval_s",
-        "tombstone_grace_s",
-        "gossip_interval_s",
-        "failure_timeout_s",
-    ):
+    explicit = {"data_dir", "port", "host", "peer_port", "advertise", "node_id", "seeds"}
+    for name in sorted({f.name for f in fields(NodeConfig)} - explicit):
+        if not hasattr(args, name):
+            continue
         value = getattr(args, name)
         if value is not None:
             settings[name] = value
@@ -157,11 +153,14 @@ async def serve(config: NodeConfig) -> None:
     try:
         await node.start()
         await runner.setup()
-        site = web.TCPSite(runner, config.host, config.port, reuse_address=True)
+        site = web.TCPSite(
+            runner, config.host, config.port, reuse_address=True, ssl_context=server_context(config)
+        )
         await site.start()
         log.info(
-            "dynamo-node %s ready on http://%s (peer port %d, data %s, durability %s)",
+            "dynamo-node %s ready on %s://%s (peer port %d, data %s, durability %s)",
             node.node_id,
+            config.scheme,
             config.address,
             config.effective_peer_port,
             config.data_dir,

@@ -32,14 +32,15 @@ from .codec import CodecError, clock_from_wire, decode_object, encode_object
 from .config import NodeConfig
 from .coordinator import Coordinator, Placement
 from .durability import GroupCommit
-from .gossip import pick_peer
 from .errors import Conflict, InvalidRequest, NotFound, PeerError, Unavailable
+from .gossip import pick_peer
 from .hints import HintStore
 from .liveness import FailureDetector
 from .membership import ClusterState, Member, Plan, PlanError, commit, plan
 from .replica import Replica
 from .ring import partition_of, partition_range
 from .storage import Family, Storage, hash_prefix
+from .tls import client_context, server_context
 from .transport import Transport
 from .transport_tcp import RpcServer, TcpTransport
 from .versions import Object, sync
@@ -122,6 +123,7 @@ class Node:
                 self._resolve_peer,
                 token=config.cluster_token,
                 connect_timeout=config.peer_connect_timeout_s,
+                ssl=client_context(config),
             )
         )
         self.coordinator = Coordinator(
@@ -224,7 +226,9 @@ class Node:
             for member in self.state.members.values():
                 self.detector.heard(member.node, now)
         if self.serve_peers:
-            await self._rpc.start(self.config.host, self.config.effective_peer_port)
+            await self._rpc.start(
+                self.config.host, self.config.effective_peer_port, ssl=server_context(self.config)
+            )
         for name, loop in (
             ("gossip", self._gossip_loop),
             ("hints", self._hints_loop),
@@ -486,7 +490,7 @@ class Node:
         """Introduce this node to a seed by address (it may not know our id yet)."""
         host, port = _split_hostport(seed)
         try:
-            info = await fetch_status(f"{host}:{port}", self.config.cluster_token, timeout)
+            info = await fetch_status(f"{host}:{port}", self.config, timeout)
         except Exception as exc:
             log.debug("seed %s unreachable: %s", seed, exc)
             return
@@ -678,7 +682,7 @@ class Node:
 
     async def _fetch_member(self, address: str) -> Member:
         try:
-            info = await fetch_status(address, self.config.cluster_token, 5.0)
+            info = await fetch_status(address, self.config, 5.0)
             return Member(str(info["node"]), address, str(info["peer_address"]), "joining")
         except Exception as exc:
             raise NotFound(f"no dynamo node reachable at {address}: {exc}") from None
@@ -790,14 +794,19 @@ class Node:
         }
 
 
-async def fetch_status(address: str, token: str, timeout: float) -> dict[str, Any]:
+async def fetch_status(address: str, config: NodeConfig, timeout: float) -> dict[str, Any]:
     """GET another node's /v1/admin/status by HTTP address (used before its id is known)."""
-    from aiohttp import ClientSession, ClientTimeout
+    from aiohttp import ClientSession, ClientTimeout, TCPConnector
 
+    token = config.cluster_token
     headers = {"Authorization": f"Bearer {token}"} if token else {}
+    ctx = client_context(config)
     async with (
-        ClientSession(timeout=ClientTimeout(total=timeout)) as session,
-        session.get(f"http://{address}/v1/admin/status", headers=headers) as resp,
+        ClientSession(
+            timeout=ClientTimeout(total=timeout),
+            connector=TCPConnector(ssl=ctx) if ctx is not None else None,
+        ) as session,
+        session.get(f"{config.scheme}://{address}/v1/admin/status", headers=headers) as resp,
     ):
         if resp.status != 200:
             raise PeerError(f"{address} answered {resp.status}")

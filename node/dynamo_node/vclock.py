@@ -35,7 +35,8 @@ class VClock:
     def __init__(
         self, entries: Mapping[str, tuple[int, int]] | None = None, *, pruned: bool = False
     ) -> None:
-        self._entries: dict[str, tuple[int, int]] = dict(entries) if entries else {}
+        # kept sorted by actor: a canonical form (equal clocks encode to equal bytes)
+        self._entries: dict[str, tuple[int, int]] = dict(sorted(entries.items())) if entries else {}
         self.pruned = pruned
 
     @classmethod

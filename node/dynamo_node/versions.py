@@ -42,7 +42,9 @@ class Sibling:
         return self.past.add(self.dot, self.timestamp_ms)
 
 
-def _rank(s: Sibling) -> tuple[int, str, int, int, bytes, str, tuple[tuple[str, int], ...], bool]:
+def _rank(
+    s: Sibling,
+) -> tuple[int, str, int, int, bytes, str, tuple[tuple[str, int, int], ...], bool]:
     """A total order on siblings (used only to pick deterministically)."""
     return (
         s.timestamp_ms,
@@ -51,7 +53,7 @@ def _rank(s: Sibling) -> tuple[int, str, int, int, bytes, str, tuple[tuple[str, 
         0 if s.value is None else 1,
         s.value or b"",
         s.content_type,
-        tuple(sorted(s.past.counters().items())),
+        tuple(sorted(s.past.items())),
         s.past.pruned,
     )
 

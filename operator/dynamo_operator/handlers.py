@@ -36,6 +36,7 @@ from .builders import (
     API_GROUP,
     CLUSTER_TOKEN_KEY,
     auth_secret_name,
+    configmap_name,
     selector,
 )
 from .config import OperatorConfig
@@ -43,7 +44,7 @@ from .errors import KubeError, NodeError, SpecError
 from .kube import Kube
 from .nodes import NodeAdmin
 from .observed import NodeView, PodView, StatefulSetView
-from .reconcile import ensure_owned, ensure_statefulset, scale_statefulset
+from .reconcile import applied_spec, ensure_owned, ensure_statefulset, scale_statefulset
 from .scaling import (
     ChangeMembership,
     Idle,
@@ -60,6 +61,7 @@ from .scaling import (
 from .spec import ClusterSpec, check_name, check_update
 from .status import (
     DEGRADED,
+    PHASE_FAILED,
     REASON_SCALE_DOWN_REFUSED,
     compute_status,
     failed_status,
@@ -154,7 +156,6 @@ async def reconcile(
     name: str,
     namespace: str | None,
     uid: str,
-    old: Any,
     memo: kopf.Memo,
     **_: Any,
 ) -> None:
@@ -164,11 +165,12 @@ async def reconcile(
     try:
         check_name(name)
         cluster_spec, requested = parse_request(spec)
-        previous = _previous_spec(old)
-        if previous is not None:
-            check_update(previous, cluster_spec)
-        exists = await svc.kube.get("StatefulSet", namespace, name) is not None
-        if not exists and 0 < requested < cluster_spec.replication.n:
+        sts, config = await asyncio.gather(
+            svc.kube.get("StatefulSet", namespace, name),
+            svc.kube.get("ConfigMap", namespace, configmap_name(name)),
+        )
+        check_update(applied_spec(cluster_spec, config, sts), cluster_spec)
+        if sts is None and 0 < requested < cluster_spec.replication.n:
             raise SpecError(
                 "spec.replicas",
                 f"must be at least replication.n ({cluster_spec.replication.n}), got {requested}",
@@ -198,17 +200,6 @@ async def reconcile(
             "one is back in the ring and its hints are drained",
         )
     log.info("reconciled %s/%s: %s", namespace, name, outcomes)
-
-
-def _previous_spec(old: Any) -> ClusterSpec | None:
-    """The last handled spec (Kopf's `old` essence), if it was valid."""
-    raw = old.get("spec") if isinstance(old, Mapping) else None
-    if not isinstance(raw, Mapping):
-        return None
-    try:
-        return parse_request(raw)[0]
-    except SpecError:
-        return None
 
 
 async def _fail(
@@ -258,6 +249,8 @@ async def observe(
     svc = _services(memo)
     namespace = _namespaced(namespace)
     generation = _generation(meta)
+    if status.get("phase") == PHASE_FAILED and status.get("observedGeneration") == generation:
+        return  # the spec the handlers refused has not changed: nothing to act on
     try:
         cluster_spec, requested = parse_request(spec)
     except SpecError as exc:
@@ -399,9 +392,10 @@ async def _write_operation(context: _Context, operation: Operation | None) -> No
 async def _act(context: _Context, observed: Observed, step: Step) -> str | None:
     """Carry out the step; returns when anti-entropy was started (None otherwise)."""
     svc, body, action = context.svc, context.body, step.action
+    if isinstance(action, Wait | Idle):
+        return None
+    log.info("%s/%s: %s", context.namespace, context.name, action.message)
     match action:
-        case Wait() | Idle():
-            return None
         case ScaleStatefulSet():
             await scale_statefulset(
                 svc.kube,

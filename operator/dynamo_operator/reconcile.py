@@ -17,6 +17,7 @@ patches and are unit-tested; the `ensure_*` coroutines apply them through `Kube`
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
@@ -24,6 +25,7 @@ from typing import Any, Literal
 
 from .builders import (
     API_GROUP,
+    CONFIG_FILE,
     auth_secret,
     client_service,
     configmap,
@@ -33,7 +35,7 @@ from .builders import (
 )
 from .errors import KubeError
 from .kube import Kube
-from .spec import ClusterSpec
+from .spec import ClusterSpec, Replication, Storage
 
 TEMPLATE_HASH_ANNOTATION = f"{API_GROUP}/template-hash"
 
@@ -144,6 +146,61 @@ def scale_ops(built: Mapping[str, Any]) -> list[dict[str, Any]]:
             "value": copy.deepcopy(built["spec"]["persistentVolumeClaimRetentionPolicy"]),
         },
     ]
+
+
+def applied_spec(
+    spec: ClusterSpec,
+    configmap_obj: Mapping[str, Any] | None,
+    statefulset_obj: Mapping[str, Any] | None,
+) -> ClusterSpec:
+    """`spec` with the fields fixed at creation (partitions, replication.n, storage) as
+    the running objects have them: the ConfigMap's node.json and the StatefulSet's
+    volume claim template. A field that cannot be read keeps `spec`'s value, so only a
+    real difference shows. Compare with `spec.check_update(applied, spec)`.
+
+    The running objects, not Kopf's last handled spec, are the reference: a refused
+    change becomes the last handled spec, and comparing against it would then refuse
+    the user's revert.
+    """
+    partitions, n = spec.partitions, spec.replication.n
+    size, storage_class = spec.storage.size, spec.storage.storage_class_name
+    try:
+        node = json.loads(((configmap_obj or {}).get("data") or {})[CONFIG_FILE])
+        partitions, n = int(node["partitions"]), int(node["n"])
+    except (KeyError, TypeError, ValueError):
+        pass
+    try:
+        claim = (statefulset_obj or {})["spec"]["volumeClaimTemplates"][0]["spec"]
+        stored = str(claim["resources"]["requests"]["storage"])
+        storage_class = claim.get("storageClassName")
+        if _quantity(stored) != _quantity(size):  # the server may canonicalise quantities
+            size = stored
+    except (KeyError, IndexError, TypeError):
+        pass
+    r, w = spec.replication.r, spec.replication.w
+    return dataclasses.replace(
+        spec,
+        replicas=0,  # replicas is not compared; 0 is valid for any n
+        partitions=partitions,
+        replication=Replication(n=n, r=min(r, n), w=min(w, n)),
+        storage=Storage(size=size, storage_class_name=storage_class),
+    )
+
+
+_QUANTITY_SUFFIXES = {
+    "": 1,
+    "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
+    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
+}  # fmt: skip
+
+
+def _quantity(text: str) -> float | None:
+    """The value of a storage quantity such as `10Gi` or `1.5G` (None if unreadable)."""
+    number = text.rstrip("kMGTPEi")
+    try:
+        return float(number) * _QUANTITY_SUFFIXES[text[len(number) :]]
+    except (KeyError, ValueError):
+        return None
 
 
 # --- applying ---------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from typing import Any
 
 from dynamo_node.config import PEER_PORT_OFFSET
 from tests.fault.netns import Netns
-from tests.harness import Cluster, NodeProc, wait_for
+from tests.harness import Cluster, NodeProc, free_port, wait_for
 
 NODE_PORT = 7070
 #: an anti-entropy pass over a few thousand keys takes well under this
@@ -52,16 +52,23 @@ class FaultCluster(Cluster):
     net: Netns | None = None
 
     def add_node(
-        self, *extra: str, seed: NodeProc | None = None, node_id: str | None = None
+        self,
+        *extra: str,
+        seed: NodeProc | None = None,
+        node_id: str | None = None,
+        wait: bool = True,
     ) -> NodeProc:
-        if self.net is None:
-            return super().add_node(*extra, seed=seed, node_id=node_id)
+        """Start one more node (in the next namespace when there are namespaces); with
+        `wait=False` the caller waits for it (`wait_ready`), so nodes start in parallel."""
         index = len(self.nodes)
-        host = self.net.host(index)
         data_dir = self.root / f"node{index}"
         node_id = node_id or f"n{index}"
+        if self.net is None:
+            host, port, prefix = "127.0.0.1", free_port(), []
+        else:
+            host, port, prefix = self.net.host(index), NODE_PORT, self.net.exec_prefix(index)
         args = [
-            *self.net.exec_prefix(index),
+            *prefix,
             sys.executable,
             "-m",
             "dynamo_node",
@@ -72,18 +79,18 @@ class FaultCluster(Cluster):
             "--advertise",
             host,
             "--port",
-            str(NODE_PORT),
+            str(port),
             "--node-id",
             node_id,
             *extra,
         ]
+        node = NetNodeProc(
+            index, port, data_dir, args, self.root / f"node{index}.log", node_id, host=host
+        )
         if seed is not None:
             args += ["--seed", seed.address]
-        node = NetNodeProc(
-            index, NODE_PORT, data_dir, args, self.root / f"node{index}.log", node_id, host=host
-        )
         self.nodes.append(node)
-        self.start(node)
+        self.start(node, wait=wait)
         return node
 
     # --- reaching the nodes --------------------------------------------------------------

@@ -41,7 +41,7 @@ import shutil
 import signal
 import subprocess
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 NETNS_DIR = Path("/run/netns")
@@ -120,7 +120,7 @@ class Netns:
         self._made: list[str] = []
         self._lock = threading.Lock()
         self.cut_nodes: set[int] = set()
-        self.groups: list[set[int]] | None = None
+        self.severed: set[frozenset[int]] = set()
 
     # --- addresses ---------------------------------------------------------------------
     def host(self, i: int) -> str:
@@ -159,7 +159,8 @@ class Netns:
             _run("ip", "netns", "add", ns)
             self._made.append(ns)
             self._prepare(ns)
-            _run("ip", "-n", hub, "link", "add", f"v{i}", "type", "veth", "peer", "eth0", "netns", ns)
+            veth = ("link", "add", f"v{i}", "type", "veth", "peer", "eth0", "netns", ns)
+            _run("ip", "-n", hub, *veth)
             _run("ip", "-n", hub, "link", "set", f"v{i}", "master", "br0", "up")
             _run("ip", "-n", ns, "addr", "add", f"{self.host(i)}/{PREFIX_LEN}", "dev", "eth0")
             _run("ip", "-n", ns, "link", "set", "eth0", "up")
@@ -175,16 +176,15 @@ class Netns:
 
     @staticmethod
     def _prepare(ns: str) -> None:
-        _sysctl(
-            ns, "net.ipv4.conf.all.route_localnet=1", "net.ipv4.conf.default.route_localnet=1"
-        )
+        _sysctl(ns, "net.ipv4.conf.all.route_localnet=1", "net.ipv4.conf.default.route_localnet=1")
         _run("ip", "-n", ns, "link", "set", "lo", "up")
         _run("ip", "-n", ns, "addr", "del", "127.0.0.1/8", "dev", "lo")
         _run("ip", "-n", ns, "addr", "add", "127.0.0.1/32", "dev", "lo")
 
     @staticmethod
     def _neigh(ns: str, host: str, mac: str, dev: str = "eth0") -> None:
-        _run("ip", "-n", ns, "neigh", "replace", host, "lladdr", mac, "dev", dev, "nud", "permanent")
+        entry = (host, "lladdr", mac, "dev", dev, "nud", "permanent")
+        _run("ip", "-n", ns, "neigh", "replace", *entry)
 
     def destroy(self) -> None:
         """Kill whatever still runs inside, then delete every namespace (their veths and
@@ -235,27 +235,34 @@ class Netns:
             _run("ip", "-n", self.hub, "link", "set", f"v{i}", "up")
             self.cut_nodes.discard(i)
 
-    def partition(self, groups: Sequence[Sequence[int]]) -> None:
-        """Nodes of different groups stop hearing each other (nodes in no group are cut
-        off from everyone); the hub keeps reaching every node."""
+    def partition(self, groups: Sequence[Iterable[int]]) -> None:
+        """Nodes of different groups stop hearing each other (a node in no group hears
+        nobody); the hub keeps reaching every node."""
         sides = [set(g) for g in groups]
-        side_of = {i: k for k, g in enumerate(sides) for i in g}
+        self.sever(
+            (i, j)
+            for i in range(self.count)
+            for j in range(self.count)
+            if i != j and not any(i in side and j in side for side in sides)
+        )
+
+    def sever(self, pairs: Iterable[tuple[int, int]]) -> None:
+        """Exactly these node pairs (either order) cannot talk; all other pairs can.
+        Overlapping sides (a bridge node hearing both halves) are allowed."""
+        apart = {frozenset(p) for p in pairs}
         with self._lock:
             for i in range(self.count):
                 for j in range(self.count):
-                    if i == j:
-                        continue
-                    apart = i not in side_of or side_of[i] != side_of.get(j)
-                    mac = DEAD_MAC if apart else self.macs[j]
-                    self._neigh(self.node_ns[i], self.host(j), mac)
-            self.groups = sides
+                    if i != j:
+                        mac = DEAD_MAC if frozenset((i, j)) in apart else self.macs[j]
+                        self._neigh(self.node_ns[i], self.host(j), mac)
+            self.severed = apart
 
     def heal(self) -> None:
         """Every link up and every node hearing every other."""
         for i in sorted(self.cut_nodes):
             self.restore(i)
-        self.partition([range(self.count)])
-        self.groups = None
+        self.sever(())
 
 
 def probe() -> str | None:

@@ -492,7 +492,7 @@ prune_op_st = st.tuples(
 )
 
 
-PRUNE = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+PRUNE = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 prune_ops_st = st.lists(prune_op_st, min_size=15, max_size=50)
 
 

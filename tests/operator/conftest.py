@@ -203,8 +203,10 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
             try:
                 yield Env(emulator, api, kubelet, operator)
             finally:
-                await operator.stop()
-                await kubelet.stop()
+                try:
+                    await operator.stop()
+                finally:
+                    await kubelet.stop()
                 # captured: pytest shows it only when the test failed
                 print(kubelet.logs())
                 print(f"env torn down after {time.monotonic() - started:.1f}s")

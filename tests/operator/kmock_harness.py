@@ -29,6 +29,7 @@ Three parts (DESIGN §7):
 from __future__ import annotations
 
 import asyncio
+import atexit
 import base64
 import collections
 import contextlib
@@ -379,6 +380,21 @@ async def eventually(
 
 # --- the kubelet ---------------------------------------------------------------------------
 
+#: every node process started and not yet stopped; killed by PID at exit as a last resort
+#: (a fixture teardown that never ran, an interrupted test session)
+_LIVE: dict[int, subprocess.Popen[bytes]] = {}
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    for pid, proc in list(_LIVE.items()):
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(5)
+        _LIVE.pop(pid, None)
+
 
 @dataclass
 class PodProcess:
@@ -649,6 +665,7 @@ class Kubelet:
         log_path = self.root / f"{pod}.log"
         with open(log_path, "ab") as out:
             proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env)
+        _LIVE[proc.pid] = proc
         self.timeline.append((time.monotonic(), "started", pod))
         return PodProcess(pod, pod_obj["metadata"]["uid"], port, proc, log_path)
 
@@ -660,6 +677,7 @@ class Kubelet:
             except subprocess.TimeoutExpired:
                 process.proc.kill()
                 await asyncio.to_thread(process.proc.wait, 5)
+        _LIVE.pop(process.proc.pid, None)
         self.timeline.append((time.monotonic(), "stopped", process.pod))
 
     async def _readyz(self, process: PodProcess) -> bool:

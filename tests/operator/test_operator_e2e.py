@@ -4,12 +4,15 @@ StatefulSet should have is a real dynamo-node process (tests/operator/kmock_harn
 What each test proves:
 - the minimal example becomes an Available 3-node cluster with every owned object in
   place and owned (StatefulSet, both Services, PDB, ConfigMap, generated Secret);
-- an invalid spec fails permanently (Failed phase, InvalidSpec event, nothing built);
+- an invalid spec fails permanently (Failed phase, InvalidSpec event, nothing built)
+  until the user fixes it;
 - a scale below replication.n is refused (Degraded/ScaleDownRefused, a warning event)
-  and nothing is removed; a valid request afterwards clears it;
-- 3 -> 5 -> 3 through the scale subresource moves data first: keys stay readable with
-  R = N, status.members matches the ring, and the StatefulSet shrinks only after the
-  leaving nodes own nothing;
+  and nothing is removed; a valid request afterwards clears it; a change to partitions
+  is refused (Failed) without touching anything, and reverting it recovers;
+- 3 -> 5 -> 3 -> 4 through the scale subresource moves data first: keys stay readable
+  with R = N, status.members matches the ring, the StatefulSet shrinks only after the
+  leaving nodes own nothing, and a node that left (volume deleted) rejoins empty;
+- 3 -> 5 interrupted by 4 settles at 4 without getting stuck;
 - an operator stopped in the middle of a scale-down finishes it when restarted;
 - a rolling upgrade restarts one pod at a time (highest ordinal first), never two down,
   each only after the previous is back and hints are drained, and loses no data.
@@ -82,6 +85,16 @@ async def test_minimal_example_becomes_available(env: Env) -> None:
     )
     assert code == 403
 
+    # deletion: nothing blocks it (Kopf drops its finalizer; owned objects then go by
+    # their owner references, which kmock does not garbage-collect)
+    async with env.api.delete(f"{CLUSTERS}/{NAME}") as resp:
+        assert resp.status < 300, await resp.text()
+
+    async def deleted() -> bool:
+        return await env.get(f"{CLUSTERS}/{NAME}") is None
+
+    await eventually(deleted, 20, "the DynamoCluster to be deleted")
+
 
 async def test_invalid_spec_fails_permanently(env: Env) -> None:
     await env.create(example(partitions=3))
@@ -91,6 +104,9 @@ async def test_invalid_spec_fails_permanently(env: Env) -> None:
     await eventually(lambda: env.events("InvalidSpec"), 10, "an InvalidSpec event")
     assert env.events("InvalidSpec")[0]["type"] == "Warning"
     assert env.statefulset(NAME) is None
+    # fixing the spec is an update the handlers accept: the cluster gets built
+    await env.patch(f"{CLUSTERS}/{NAME}", {"spec": {"partitions": SMALL_Q}})
+    await env.wait_stable(NAME, 3, timeout=60)
 
 
 async def test_scale_below_n_is_refused(env: Env) -> None:
@@ -112,6 +128,17 @@ async def test_scale_below_n_is_refused(env: Env) -> None:
     await env.scale(NAME, 3)
     await env.wait_stable(NAME, 3, timeout=20)
     assert len(env.events("ScaleDownRefused")) == 1
+
+    # a change to a field fixed at creation is refused too (the CRD's CEL rules stop it
+    # in a real cluster; kmock does not run them), and reverting it is accepted
+    config = env.kubelet.object("v1/configmaps", f"{NAME}-config")
+    await env.patch(f"{CLUSTERS}/{NAME}", {"spec": {"partitions": 2 * SMALL_Q}})
+    status = await env.wait_status(NAME, 20, "the refused change", phase="Failed")
+    degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
+    assert "partitions is immutable" in degraded["message"]
+    assert env.kubelet.object("v1/configmaps", f"{NAME}-config") == config
+    await env.patch(f"{CLUSTERS}/{NAME}", {"spec": {"partitions": SMALL_Q}})
+    await env.wait_stable(NAME, 3, timeout=20)
 
 
 @pytest.mark.slow
@@ -165,6 +192,13 @@ async def test_scale_up_and_down_moves_data_first(env: Env) -> None:
     )
     shrink = max(i for i, r in enumerate(reasons) if r == "ScalingDown")
     assert leave < shrink < max(i for i, r in enumerate(reasons) if r == "AntiEntropy")
+
+    # and up again: demo-3 left with its volume deleted, so it rejoins empty
+    assert not (env.kubelet.root / "data" / "demo-3").exists()
+    await env.scale(NAME, 4)
+    status = await env.wait_stable(NAME, 4, timeout=90)
+    await env.assert_members_match_ring(NAME, status, pods(4))
+    await env.assert_readable(NAME, f"{NAME}-3", written)
 
 
 @pytest.mark.slow

@@ -5,11 +5,14 @@ from __future__ import annotations
 import copy
 
 import jsonpatch
+import pytest
 
 from dynamo_operator.builders import configmap, statefulset
+from dynamo_operator.errors import ImmutableFieldError
 from dynamo_operator.reconcile import (
     MANAGED_PATHS,
     TEMPLATE_HASH_ANNOTATION,
+    applied_spec,
     drift_ops,
     pointer,
     scale_ops,
@@ -17,7 +20,7 @@ from dynamo_operator.reconcile import (
     template_hash,
     with_template_hash,
 )
-from dynamo_operator.spec import parse_spec
+from dynamo_operator.spec import check_update, parse_spec
 
 NAME, NS, UID = "demo", "kv", "uid-1"
 
@@ -83,3 +86,29 @@ def test_scale_ops_set_replicas_and_retention() -> None:
     resumed = jsonpatch.apply_patch(paused, scale_ops(statefulset(NAME, NS, UID, spec, replicas=5)))
     assert resumed["spec"]["replicas"] == 5
     assert resumed["spec"]["persistentVolumeClaimRetentionPolicy"]["whenScaled"] == "Delete"
+
+
+def test_applied_spec_reads_the_fixed_fields_from_the_running_objects() -> None:
+    running = parse_spec({"partitions": 64, "storage": {"size": "2Gi", "storageClassName": "ssd"}})
+    config, sts = configmap(NAME, NS, UID, running), statefulset(NAME, NS, UID, running, replicas=3)
+    changed = parse_spec({"partitions": 128, "storage": {"size": "2Gi", "storageClassName": "ssd"}})
+    applied = applied_spec(changed, config, sts)
+    assert (applied.partitions, applied.storage.size, applied.storage.storage_class_name) == (
+        64,
+        "2Gi",
+        "ssd",
+    )
+    with pytest.raises(ImmutableFieldError, match="partitions"):
+        check_update(applied, changed)
+    bigger = parse_spec({"partitions": 64, "storage": {"size": "3Gi", "storageClassName": "ssd"}})
+    with pytest.raises(ImmutableFieldError, match="storage"):
+        check_update(applied_spec(bigger, config, sts), bigger)
+    # a quantity the API server wrote in another form is the same quantity
+    claim = sts["spec"]["volumeClaimTemplates"][0]["spec"]
+    claim["resources"]["requests"]["storage"] = "2048Mi"
+    check_update(applied_spec(running, config, sts), running)
+    # reverting a refused change is accepted (the running objects are the reference)
+    check_update(applied_spec(running, config, sts), running)
+    # nothing running yet: nothing to compare against
+    check_update(applied_spec(changed, None, None), changed)
+    assert applied_spec(changed, {"data": {"node.json": "garbage"}}, {}).partitions == 128
