@@ -112,6 +112,8 @@ class Node:
         self.stopping = False
         self.last_anti_entropy: float | None = None
         self.gossip_rounds = 0
+        self.transfer_keys_sent = 0
+        self.transfer_keys_received = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._transfer_tasks: dict[tuple[int, str], asyncio.Task[None]] = {}
         self._rpc = RpcServer(self.handle_peer, config.cluster_token)
@@ -386,6 +388,7 @@ class Node:
                     self.hints.store(skey, node, obj)
 
     async def _rpc_merge_many(self, args: Any) -> int:
+        self.transfer_keys_received += len(args)
         changed = 0
         for skey, raw in args:
             try:
@@ -605,6 +608,7 @@ class Node:
                             log.warning("transfer of %d to %s paused: %s", p, target, exc)
                             await asyncio.sleep(1.0)
                     progress.keys_done += len(batch)
+                    self.transfer_keys_sent += len(batch)
                     cursor = batch[-1][0] + b"\x00"
                     self.storage.write([(Family.META, cursor_key, cursor)])
                     self.commit_log.issued()
@@ -662,7 +666,11 @@ class Node:
         return self.anti_entropy.start_job()
 
     def ae_counters(self) -> dict[str, float]:
-        return self.anti_entropy.counters()
+        return {
+            **self.anti_entropy.counters(),
+            "transfer_keys_sent_total": self.transfer_keys_sent,
+            "keys_merged_in_bulk_total": self.transfer_keys_received,
+        }
 
     async def stage_join(self, address: str) -> str:
         state = self.require_state()
@@ -772,6 +780,7 @@ class Node:
             "hints_pending": self.hints.pending,
             "transfers": transfers,
             "transfers_total": len(state.transfers()) if state else 0,
+            "transfer_keys_sent": self.transfer_keys_sent,
             "last_anti_entropy": _rfc3339(self.last_anti_entropy),
             "n": state.n if state else self.config.n,
             "r": self.config.r,

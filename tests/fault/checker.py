@@ -79,6 +79,10 @@ class Verdict:
     converge_s: float | None = None
     ae_passes: int = 0
     keys_repaired: int = 0
+    ae_errors: list[str] = field(default_factory=list)
+    #: seconds from the start of the check until no hint was pending on any node
+    hints_drained_s: float | None = None
+    hints_left: int = 0
     #: keys whose replicas still differed at the deadline
     diverged: int = 0
     diverged_examples: list[str] = field(default_factory=list)
@@ -109,6 +113,7 @@ class Verdict:
             and self.api_mismatches == 0
             and self.alone_mismatches == 0
             and self.converge_s is not None
+            and self.hints_left == 0
         )
 
     def problems(self) -> str:
@@ -119,6 +124,8 @@ class Verdict:
                 out.append(f"{name}={getattr(self, name)} e.g. {examples[:5]}")
         if self.converge_s is None:
             out.append("did not converge")
+        if self.hints_left:
+            out.append(f"{self.hints_left} hints still pending")
         return "; ".join(out) or "none"
 
     def as_dict(self) -> dict[str, Any]:
@@ -182,18 +189,10 @@ def converge(
         for node in cluster.nodes:
             job = cluster.anti_entropy(node, max(1.0, deadline - time.monotonic()))
             verdict.keys_repaired += int(job.get("keys_repaired", 0))
+            if job["state"] != "done":
+                verdict.ae_errors.extend(f"{node.node_id}: {e}" for e in job.get("errors", []))
         verdict.ae_passes += 1
         verdict.phase_s[f"ae{verdict.ae_passes}"] = _lap(start)
-        try:
-            wait_for(
-                lambda: cluster.hints_pending() == 0,
-                max(1.0, deadline - time.monotonic()),
-                interval=0.2,
-                what="hints drained",
-            )
-        except TimeoutError:
-            continue
-        verdict.phase_s[f"hints{verdict.ae_passes}"] = _lap(start)
         snapshot = read_replicas(cluster, placement)
         verdict.phase_s[f"read{verdict.ae_passes}"] = _lap(start)
         diverged = [
@@ -202,7 +201,17 @@ def converge(
             if len(set(by_node.values())) != 1 or len(by_node) != len(placement[k])
         ]
     if not diverged:
-        verdict.converge_s = round(time.monotonic() - start, 3)
+        verdict.converge_s = _lap(start)
+    try:
+        wait_for(
+            lambda: cluster.hints_pending() == 0,
+            max(1.0, deadline - time.monotonic()),
+            interval=0.2,
+            what="hints drained",
+        )
+        verdict.hints_drained_s = _lap(start)
+    except TimeoutError:
+        verdict.hints_left = cluster.hints_pending()
     verdict.diverged = len(diverged)
     verdict.diverged_examples = [
         f"{k}: {[(n, visible(v)[:3]) for n, v in snapshot.get(k, {}).items()]}"

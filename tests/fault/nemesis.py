@@ -1,6 +1,7 @@
 """The nemesis: faults injected into a running `FaultCluster`, and a random schedule.
 
-Fault kinds (each injected, held, then repaired; every one recorded as a `FaultEvent`):
+Fault kinds (each injected, held, then repaired; every one recorded as a `FaultEvent`;
+a schedule draws every kind once, in a random order, before drawing any again):
 
     kill       SIGKILL one node, restart it on the same data dir when the fault ends
     kill-many  SIGKILL a minority of the nodes at once (at most (count - 1) // 2)
@@ -17,11 +18,10 @@ fault that may still be in force, whatever state a failed run left behind.
 
 from __future__ import annotations
 
-import contextlib
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -168,12 +168,14 @@ class Nemesis:
         if unknown:
             raise ValueError(f"unknown fault kinds {sorted(unknown)}")
 
+        draw = self._rounds(kinds)
+
         def loop() -> None:
             self.cluster.enter_hub_for_good()
             try:
                 # stop.wait paces the schedule (a timer, not a wait for some state)
                 while not stop.wait(self.rng.uniform(*calm_s)):
-                    repair = self.inject(self.rng.choice(list(kinds)))
+                    repair = self.inject(next(draw))
                     try:
                         stop.wait(self.rng.uniform(*hold_s))
                     finally:
@@ -183,6 +185,12 @@ class Nemesis:
 
         self._thread = threading.Thread(target=loop, name="nemesis", daemon=True)
         self._thread.start()
+
+    def _rounds(self, kinds: Sequence[str]) -> Iterator[str]:
+        """Every kind once in a random order, then again in another order, and so on, so
+        that even a short run injects each kind."""
+        while True:
+            yield from self.rng.sample(list(kinds), len(kinds))
 
     def join(self, timeout: float = 60.0) -> None:
         if self._thread is not None:
@@ -204,13 +212,3 @@ class Nemesis:
 
 def _sides(names: list[str], sides: Sequence[Sequence[int]]) -> str:
     return " | ".join(",".join(names[i] for i in sorted(side)) for side in sides)
-
-
-@contextlib.contextmanager
-def healed(nemesis: Nemesis) -> Any:
-    """Heal everything when the body ends, even when it fails."""
-    try:
-        yield nemesis
-    finally:
-        with contextlib.suppress(Exception):
-            nemesis.heal_all()
