@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.harness import Cluster, NodeProc, cluster, wait_for  # noqa: E402
+from tests.harness import Cluster, NodeProc, cluster, wait_for
 
 VALUE = b"v" * 100
 
@@ -38,14 +38,14 @@ def load(c: Cluster, node: NodeProc, keys: list[str]) -> None:
 
 def ae_pass(c: Cluster, node: NodeProc) -> dict[str, object]:
     job = c.admin(node, "POST", "anti-entropy")["job"]
-    return dict(
-        wait_for(
-            lambda: (lambda j: j if j["state"] != "running" else None)(
-                c.admin(node, "GET", f"jobs/{job}")
-            ),
-            600,
-        )
-    )
+
+    def finished() -> dict[str, object] | None:
+        state = c.admin(node, "GET", f"jobs/{job}")
+        return None if state["state"] == "running" else dict(state)
+
+    result = wait_for(finished, 600, what="anti-entropy job")
+    assert result is not None
+    return result
 
 
 def diverge(c: Cluster, nodes: list[NodeProc], d: int, tag: str) -> None:

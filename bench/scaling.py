@@ -20,8 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.antientropy import load  # noqa: E402
-from tests.harness import Cluster, NodeProc, cluster, wait_for  # noqa: E402
+from tests.harness import Cluster, NodeProc, cluster, wait_for
+
+from bench.antientropy import load
 
 
 def sent(c: Cluster, nodes: list[NodeProc]) -> int:

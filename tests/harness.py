@@ -33,7 +33,11 @@ def stack_dump(pid: int) -> str:
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     try:
         out = subprocess.run(
-            [spy, "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=20
+            [spy, "dump", "--pid", str(pid)],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"(no stack dump: {exc})"

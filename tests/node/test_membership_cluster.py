@@ -78,17 +78,14 @@ def test_join_a_fourth_node_under_load(procs: Cluster) -> None:
     assert plan["joins"] == [n3.node_id] and plan["transfers"]
     with Writer(procs, n1, "during-join-") as writer:
         procs.admin(n0, "POST", "commit")
-        seen_transfer = False
         sample = keys[::50]
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             statuses = [procs.status(n) for n in (n0, n1, n2, n3)]
             busy = any(s["transfers"] for s in statuses)
-            seen_transfer |= busy
             assert not readable(procs, n2, sample), "a key became unreadable during the join"
             if not busy and len({s["ring_version"] for s in statuses}) == 1:
                 break
-    assert seen_transfer or True  # small transfers may finish before the first poll
     procs.wait_converged([n0, n1, n2, n3])
     counts = ownership(procs, n0)
     assert set(counts) == {"n0", "n1", "n2", "n3"}
@@ -146,15 +143,14 @@ def test_killed_and_paused_nodes_seen_down_within_5s(procs: Cluster) -> None:
 
 def _ae_pass(c: Cluster, node: NodeProc) -> dict[str, object]:
     job = c.admin(node, "POST", "anti-entropy")["job"]
-    return dict(
-        wait_for(
-            lambda: (lambda j: j if j["state"] != "running" else None)(
-                c.admin(node, "GET", f"jobs/{job}")
-            ),
-            120,
-            what="anti-entropy job",
-        )
-    )
+
+    def finished() -> dict[str, object] | None:
+        state = c.admin(node, "GET", f"jobs/{job}")
+        return None if state["state"] == "running" else dict(state)
+
+    result = wait_for(finished, 120, what="anti-entropy job")
+    assert result is not None
+    return result
 
 
 def _diverge(c: Cluster, nodes: list[NodeProc], count: int, prefix: str) -> list[str]:
@@ -164,8 +160,9 @@ def _diverge(c: Cluster, nodes: list[NodeProc], count: int, prefix: str) -> list
     try:
         # until n2 is detected down, writes may still queue on its socket: wait first
         wait_for(
-            lambda: next(m["state"] for m in c.status(n0)["members"] if m["node"] == "n2")
-            == "down",
+            lambda: (
+                next(m["state"] for m in c.status(n0)["members"] if m["node"] == "n2") == "down"
+            ),
             10,
         )
         keys = [f"{prefix}{i}" for i in range(count)]
@@ -177,7 +174,10 @@ def _diverge(c: Cluster, nodes: list[NodeProc], count: int, prefix: str) -> list
     return keys
 
 
-@pytest.mark.parametrize("total", [pytest.param(5_000, id="5k"), pytest.param(50_000, id="50k", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "total",
+    [pytest.param(5_000, id="5k"), pytest.param(50_000, id="50k", marks=pytest.mark.slow)],
+)
 def test_paused_replica_converges_by_anti_entropy_alone(procs: Cluster, total: int) -> None:
     nodes = procs.form(3, "--no-hinted-handoff", "--anti-entropy-interval", "0")
     n0, n1, n2 = nodes
@@ -204,7 +204,8 @@ def test_paused_replica_converges_by_anti_entropy_alone(procs: Cluster, total: i
         procs.resume(n0)
         procs.resume(n1)
     assert not missing, len(missing)
-    print(json.dumps({"total": total, "baseline": baseline, "d10": bytes_small, "d1000": bytes_large}))
+    report = {"total": total, "baseline": baseline, "d10": bytes_small, "d1000": bytes_large}
+    print(json.dumps(report))
 
 
 def test_transfer_resumes_after_either_side_crashes(procs: Cluster) -> None:
@@ -244,8 +245,9 @@ def test_tombstones_are_purged_once_every_replica_has_them(procs: Cluster) -> No
     procs.pause(nodes[2])
     try:  # a replica is unreachable: nothing may be purged
         wait_for(
-            lambda: next(m["state"] for m in procs.status(n0)["members"] if m["node"] == "n2")
-            == "down",
+            lambda: (
+                next(m["state"] for m in procs.status(n0)["members"] if m["node"] == "n2") == "down"
+            ),
             10,
         )
         assert _ae_pass(procs, n0)["tombstones_purged"] == 0
