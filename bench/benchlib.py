@@ -180,6 +180,12 @@ def environment() -> dict[str, Any]:
     }
 
 
+def use_quick_dir() -> None:
+    """--quick runs write to bench/results/quick/ so they never overwrite full results."""
+    global RESULTS_DIR
+    RESULTS_DIR = BENCH_DIR / "results" / "quick"
+
+
 def write_results(name: str, payload: dict[str, Any]) -> Path:
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path = RESULTS_DIR / f"{name}.json"

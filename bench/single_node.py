@@ -106,6 +106,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--keep", action="store_true", help="keep the temp data dirs")
     args = p.parse_args()
     if args.quick:
+        benchlib.use_quick_dir()
         args.duration = min(args.duration, 4.0)
         args.warmup = min(args.warmup, 1.0)
         args.keys = min(args.keys, 2000)

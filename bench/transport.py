@@ -240,6 +240,7 @@ def main() -> None:
         uvloop.run(serve(*args.serve))
         return
     if args.quick:
+        benchlib.use_quick_dir()
         args.duration = min(args.duration, 3.0)
         args.warmup = min(args.warmup, 0.5)
     benchlib.check_cores()

@@ -30,7 +30,7 @@ from .codec import CodecError, decode_object, digest
 from .errors import InvalidRequest, PeerError
 from .merkle import MerkleTree, adiff_segments, diff_keys
 from .ring import partition_of
-from .storage import Family
+from .storage import Family, partition_keys
 
 if TYPE_CHECKING:
     from .node import Node
@@ -140,8 +140,6 @@ class AntiEntropy:
     def _tombstone_candidates(self, p: int) -> set[bytes]:
         known = self.tombstones.get(p)
         if known is None:
-            from .node import partition_keys
-
             start, end = partition_keys(p, self._partitions())
             known = set()
             for skey, raw in self.node.storage.iter_range(Family.OBJECTS, start, end):
@@ -156,8 +154,6 @@ class AntiEntropy:
     def tree(self, p: int) -> MerkleTree:
         tree = self.trees.get(p)
         if tree is None:
-            from .node import partition_keys
-
             start, end = partition_keys(p, self._partitions())
             tree = MerkleTree.build(
                 (
@@ -171,8 +167,6 @@ class AntiEntropy:
         return tree
 
     def _segment_items(self, p: int, segments: set[int]) -> dict[bytes, bytes]:
-        from .node import partition_keys
-
         tree = self.tree(p)
         start, end = partition_keys(p, self._partitions())
         return {

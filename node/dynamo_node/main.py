@@ -185,7 +185,7 @@ def install_metrics(node: Node, metrics: Metrics) -> None:
             "storage_bytes": node.storage.approximate_size(),
             "ring_version": state.version if state else 0,
             "members_up": up,
-            "transfers_in_progress": len(node.transfers),
+            "transfers_in_progress": len(node.handoff.progress),
         }
 
     def counters() -> dict[str, float]:

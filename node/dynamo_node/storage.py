@@ -21,7 +21,7 @@ from collections.abc import Iterator, Sequence
 from typing import Protocol
 
 from .errors import Unavailable
-from .ring import key_hash
+from .ring import key_hash, partition_range
 
 
 class Family(enum.Enum):
@@ -44,6 +44,12 @@ def user_key(skey: bytes) -> str:
 
 def hash_prefix(h: int) -> bytes:
     return h.to_bytes(8, "big")
+
+
+def partition_keys(p: int, partitions: int) -> tuple[bytes, bytes | None]:
+    """The storage-key range [start, end) holding partition p."""
+    lo, hi = partition_range(p, partitions)
+    return hash_prefix(lo), (hash_prefix(hi) if hi < 1 << 64 else None)
 
 
 class Storage(Protocol):

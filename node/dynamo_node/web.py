@@ -266,7 +266,7 @@ class AdminHandlers:
         address = body.get("address")
         if not isinstance(address, str) or not address:
             raise InvalidRequest('expected {"address": "HOST:PORT"}')
-        node_id = await self.node.stage_join(address)
+        node_id = await self.node.claimant.stage_join(address)
         return web.json_response(
             {"staged": "join", "node": node_id, "address": address}, status=202
         )
@@ -276,11 +276,11 @@ class AdminHandlers:
         node_id = body.get("node")
         if not isinstance(node_id, str) or not node_id:
             raise InvalidRequest('expected {"node": ID}')
-        self.node.stage_leave(node_id)
+        self.node.claimant.stage_leave(node_id)
         return web.json_response({"staged": "leave", "node": node_id}, status=202)
 
     async def plan(self, request: web.Request) -> web.Response:
-        staged = self.node.current_plan()
+        staged = self.node.claimant.current_plan()
         state = self.node.require_state()
         return web.json_response(
             {
@@ -291,11 +291,11 @@ class AdminHandlers:
         )
 
     async def clear(self, request: web.Request) -> web.Response:
-        self.node.clear_plan()
+        self.node.claimant.clear()
         return web.json_response({"staged": False})
 
     async def commit(self, request: web.Request) -> web.Response:
-        state = await self.node.commit_plan()
+        state = await self.node.claimant.commit()
         return web.json_response(
             {
                 "committed": True,

@@ -39,6 +39,7 @@ step, so a half-staged plan left by a crash is simply discarded.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -356,6 +357,12 @@ def _target(observed: Observed, ring: RingView, sts: StatefulSetView) -> tuple[i
 # --- the machine -----------------------------------------------------------------------
 
 
+class _Keep(enum.Enum):
+    """Marks "keep the current operation" apart from None ("no operation")."""
+
+    KEEP = enum.auto()
+
+
 def next_step(observed: Observed) -> Step:
     """The next step for this cluster (see the module docstring for the order)."""
     op = observed.operation
@@ -365,8 +372,9 @@ def next_step(observed: Observed) -> Step:
     ring = ring_of(observed)
     target, refusal = _target(observed, ring, sts)
 
-    def step(action: Action, operation: Operation | None = op) -> Step:
-        return Step(action, operation, refusal)
+    def step(action: Action, operation: Operation | _Keep | None = _Keep.KEEP) -> Step:
+        """A step keeping the operation as it now stands unless another is given."""
+        return Step(action, op if isinstance(operation, _Keep) else operation, refusal)
 
     if target == 0:
         if sts.replicas != 0:

@@ -203,11 +203,8 @@ class Nemesis:
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def counts(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for event in self.events:
-            out[event.kind] = out.get(event.kind, 0) + 1
-        return out
+    def repaired_kinds(self) -> set[str]:
+        return {e.kind for e in self.events if e.healed is not None}
 
 
 def _sides(names: list[str], sides: Sequence[Sequence[int]]) -> str:

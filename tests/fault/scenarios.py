@@ -57,14 +57,14 @@ QUICK = {
     s.name: s
     for s in (
         Scenario("kill", 3, ("kill",), 14.0),
-        Scenario("pause", 3, ("pause",), 16.0),
-        Scenario("partition", 3, ("cut", "split"), 16.0),
-        Scenario("mixed", 3, ("kill", "pause", "cut", "split"), 16.0),
+        Scenario("pause", 3, ("pause",), 14.0),
+        Scenario("partition", 3, ("cut", "split"), 14.0),
+        Scenario("mixed", 3, ("kill", "pause", "cut", "split"), 14.0),
     )
 }
 
 #: duration, hold, calm, writers, cart workers, carts
-LONG_TIMING = (75.0, (3.0, 6.0), (1.0, 3.0), 4, 3, 5)
+LONG_TIMING = (60.0, (3.0, 6.0), (1.0, 3.0), 4, 3, 5)
 LONG = {
     s.name: s
     for s in (
@@ -182,9 +182,13 @@ def run(scenario: Scenario, root: Path, seed: int | None = None) -> RunResult:
             workload.start(stop)
             nemesis.start(scenario.faults, stop, scenario.hold_s, scenario.calm_s)
             end = t0 + scenario.duration_s
-            # the run's length is a timer; bail out early if the nemesis died
-            while time.monotonic() < end and nemesis.alive():
-                stop.wait(min(0.5, max(0.0, end - time.monotonic())))
+            hard_end = t0 + 2 * scenario.duration_s
+            # the run's length is a timer, extended until every kind of fault was injected
+            # and repaired once; bail out early if the nemesis died
+            while nemesis.alive() and time.monotonic() < hard_end:
+                if time.monotonic() >= end and nemesis.repaired_kinds() >= set(scenario.faults):
+                    break
+                stop.wait(0.2)
         finally:
             stop.set()
             workload.join()

@@ -170,6 +170,9 @@ class Workload:
         session = _Session(self, worker, random.Random(self.seed * 1000 + worker))
         try:
             while not stop.is_set():
+                if session.all_shunned():
+                    stop.wait(SHUN_S / 10)  # every node just failed: no busy loop
+                    continue
                 target(session)
                 if self.think_s:
                     stop.wait(self.think_s)
@@ -229,6 +232,10 @@ class _Session:
         self.clients: dict[str, RecordingClient] = {}
         #: node id -> when this worker may ask it again
         self.shunned: dict[str, float] = {}
+
+    def all_shunned(self) -> bool:
+        now = time.monotonic()
+        return all(self.shunned.get(n.node_id, 0.0) > now for n in self.workload.cluster.nodes)
 
     def pick(self) -> tuple[NodeProc, RecordingClient]:
         """A random node, avoiding for a while those that just did not answer (as a

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dynamo_node.errors import Unavailable
-from dynamo_node.node import partition_keys
+from dynamo_node.storage import partition_keys
 from dynamo_node.ring import key_hash, partition_of
 from dynamo_node.storage import (
     Family,

@@ -325,6 +325,20 @@ def test_restart_waits_while_the_old_pod_is_still_there() -> None:
     assert again.action == Wait(REASON_WAITING_FOR_RESTART, f"waiting for {pod(2)} to shut down")
 
 
+def test_a_finished_restart_is_cleared_even_when_the_next_step_waits() -> None:
+    world = World.running(3)
+    world.update_revision = "r2"
+    world.step()  # restart demo-2
+    world.settle()
+    world.settle()  # demo-2 back
+    # meanwhile the StatefulSet grew (a scale-up) and demo-3 is still starting
+    world.requested = world.sts_replicas = 4
+    world.pods[3] = world.new_pod()
+    step = world.step()
+    assert step.action.reason == REASON_WAITING_FOR_PODS
+    assert step.operation is None  # the restart of demo-2 is done; nothing else started
+
+
 def test_scale_completes_before_the_upgrade_continues() -> None:
     world = World.running(3, requested=4)
     world.update_revision = "r2"

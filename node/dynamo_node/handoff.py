@@ -1,0 +1,166 @@
+"""Partition transfers (handoff) and dropping data a node no longer replicates.
+
+After a committed plan, every transfer (partition, source, target) whose source is this
+node is streamed in batches of `transfer_batch_keys` with `merge_many` calls, at most
+`transfer_concurrency` partitions at a time, pausing `transfer_batch_pause_s` between
+batches (throttle). A cursor saved in the meta column family after each batch makes a
+stream resumable after a crash of either side; a refused batch is retried. Only when
+the stream is complete is the transfer marked done in the cluster state (gossiped), so
+ownership switches after the data moved, never before. Once the ring settles, the
+janitor deletes the partitions this node is no longer a replica of.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .errors import PeerError
+from .storage import Family, partition_keys
+
+if TYPE_CHECKING:
+    from .node import Node
+
+log = logging.getLogger("dynamo.handoff")
+
+META_XFER = b"xfer:"
+JANITOR_INTERVAL_S = 2.0
+RETRY_PAUSE_S = 1.0
+DROP_BATCH = 1000
+
+
+@dataclass(slots=True)
+class TransferProgress:
+    partition: int
+    source: str
+    target: str
+    keys_done: int = 0
+    keys_total: int = 0
+
+
+class Handoff:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.progress: dict[tuple[int, str], TransferProgress] = {}
+        self.keys_sent = 0
+        self.keys_received = 0
+        self._tasks: dict[tuple[int, str], asyncio.Task[None]] = {}
+        self._wake = asyncio.Event()
+
+    def received(self, count: int) -> None:
+        self.keys_received += count
+
+    # --- sending ---------------------------------------------------------------------------
+    async def run(self) -> None:
+        node = self.node
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), 0.2)
+            self._wake.clear()
+            state = node.state
+            if state is None or state.next is None:
+                continue
+            for t in state.pending_transfers():
+                key = (t.partition, t.target)
+                if t.source != node.node_id or key in self._tasks:
+                    continue
+                if len(self._tasks) >= node.config.transfer_concurrency:
+                    break
+                task = asyncio.create_task(self._stream(state.epoch, t.partition, t.target))
+                self._tasks[key] = task
+                task.add_done_callback(self._finished(key))
+
+    def _finished(self, key: tuple[int, str]) -> Callable[[asyncio.Task[None]], None]:
+        def done(_task: asyncio.Task[None]) -> None:
+            self._tasks.pop(key, None)
+            self._wake.set()
+
+        return done
+
+    async def _stream(self, epoch: int, p: int, target: str) -> None:
+        node = self.node
+        storage, config = node.storage, node.config
+        state = node.require_state()
+        start, end = partition_keys(p, state.partitions)
+        cursor_key = META_XFER + f"{epoch}:{p}:{target}".encode()
+        saved = storage.get(Family.META, cursor_key)
+        cursor = saved if saved is not None else start
+        total = sum(1 for _ in storage.iter_range(Family.OBJECTS, start, end))
+        progress = TransferProgress(p, node.node_id, target, 0, total)
+        if saved is not None:
+            progress.keys_done = sum(1 for _ in storage.iter_range(Family.OBJECTS, start, saved))
+        self.progress[(p, target)] = progress
+        timeout = max(5.0, config.request_timeout_ms / 1000)
+        try:
+            while True:
+                batch = storage.scan(Family.OBJECTS, cursor, end, config.transfer_batch_keys)
+                if batch:
+                    while True:
+                        try:
+                            await node.transport.call(target, "merge_many", batch, timeout)
+                            break
+                        except PeerError as exc:
+                            log.warning("transfer of %d to %s paused: %s", p, target, exc)
+                            await asyncio.sleep(RETRY_PAUSE_S)
+                    progress.keys_done += len(batch)
+                    self.keys_sent += len(batch)
+                    cursor = batch[-1][0] + b"\x00"
+                    storage.write([(Family.META, cursor_key, cursor)])
+                    node.commit_log.issued()
+                if config.transfer_batch_pause_s:
+                    await asyncio.sleep(config.transfer_batch_pause_s)
+                if len(batch) < config.transfer_batch_keys:
+                    break
+            current = node.require_state()
+            if current.epoch != epoch:
+                return
+            storage.write([(Family.META, cursor_key, None)])
+            node.set_state(current.with_done(p, target).settle())
+            log.debug("transferred partition %d to %s (%d keys)", p, target, progress.keys_done)
+            if not node.require_state().in_transition():
+                log.info("all transfers of plan %d are complete", epoch)
+            await node.gossiper.push()
+        finally:
+            self.progress.pop((p, target), None)
+
+    # --- janitor ---------------------------------------------------------------------------
+    async def janitor(self) -> None:
+        while True:
+            await asyncio.sleep(JANITOR_INTERVAL_S)
+            try:
+                await self.drop_foreign_partitions()
+            except Exception:
+                log.exception("janitor failed")
+
+    async def drop_foreign_partitions(self) -> int:
+        node = self.node
+        state = node.state
+        if state is None or state.next is not None or node.node_id not in state.members:
+            return 0
+        dropped = 0
+        for p in range(state.partitions):
+            if node.node_id in state.preference_list(p):
+                continue
+            start, end = partition_keys(p, state.partitions)
+            while True:
+                batch = node.storage.scan(Family.OBJECTS, start, end, DROP_BATCH)
+                if not batch:
+                    break
+                for skey, _ in batch:
+                    node.replica.remove(skey)
+                dropped += len(batch)
+                await asyncio.sleep(0)
+        if dropped:
+            log.info("dropped %d keys of partitions this node no longer replicates", dropped)
+        return dropped
+
+    async def stop(self) -> None:
+        for task in list(self._tasks.values()):
+            task.cancel()
+        for task in list(self._tasks.values()):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
