@@ -37,8 +37,18 @@ def _is_free(port: int) -> bool:
 
 def _start(base: int, data: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "dynamo_node.cli", "local", "--nodes", "3",
-         "--port", str(base), "--data-dir", str(data)],
+        [
+            sys.executable,
+            "-m",
+            "dynamo_node.cli",
+            "local",
+            "--nodes",
+            "3",
+            "--port",
+            str(base),
+            "--data-dir",
+            str(data),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
