@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -26,7 +26,6 @@ from .config import NodeConfig
 from .errors import PeerError, QuorumNotMet
 from .hints import HintStore
 from .quorum import effective
-from .replica import Replica
 from .ring import key_hash
 from .transport import Transport
 from .vclock import VClock
@@ -69,8 +68,27 @@ class CoordinatorStats:
     background: set[asyncio.Task[Any]] = field(default_factory=set)
 
 
-#: local handling of the internal calls (same semantics as over the wire)
-LocalCall = Callable[[str, Any], Awaitable[Any]]
+class LocalReplica(Protocol):
+    """This node's own replica, called directly (no encoding, no task). `put` and
+    `merge` apply at once; `durable()` must be awaited before acknowledging when
+    `needs_barrier` (durability "sync")."""
+
+    needs_barrier: bool
+
+    def read(self, skey: bytes) -> Object: ...
+
+    def put(
+        self,
+        skey: bytes,
+        context: VClock,
+        value: bytes | None,
+        content_type: str,
+        hint_for: str | None,
+    ) -> Object: ...
+
+    def merge(self, skey: bytes, obj: Object, hint_for: str | None) -> None: ...
+
+    async def durable(self) -> None: ...
 
 
 class Coordinator:
@@ -78,96 +96,139 @@ class Coordinator:
         self,
         me: str,
         config: NodeConfig,
-        replica: Replica,
+        local: LocalReplica,
         hints: HintStore,
         transport: Transport,
         view: View,
-        local_call: LocalCall,
     ) -> None:
         self.me = me
         self.config = config
-        self.replica = replica
+        self.local = local
         self.hints = hints
         self.transport = transport
         self.view = view
-        self._local_call = local_call
         self.stats = CoordinatorStats()
 
     # --- plumbing --------------------------------------------------------------------
+    def _start(self, node: str, method: str, args: Any, timeout: float) -> asyncio.Future[Any]:
+        """Send a call to a peer; the future resolves with its answer or PeerError."""
+        fut = self.transport.start(node, method, args, max(0.001, timeout))
+        fut.add_done_callback(self._liveness(node))
+        return fut
+
+    def _liveness(self, node: str) -> Callable[[asyncio.Future[Any]], None]:
+        def observe(fut: asyncio.Future[Any]) -> None:
+            if fut.cancelled():
+                return
+            if fut.exception() is None:
+                self.view.report_alive(node)
+            elif isinstance(fut.exception(), PeerError):
+                self.view.report_unreachable(node)
+
+        return observe
+
     async def call(self, node: str, method: str, args: Any, timeout: float) -> Any:
-        if node == self.me:
-            return await asyncio.wait_for(self._local_call(method, args), timeout)
-        try:
-            result = await self.transport.call(node, method, args, timeout)
-        except PeerError:
-            self.view.report_unreachable(node)
-            raise
-        self.view.report_alive(node)
-        return result
+        return await self._start(node, method, args, timeout)
 
     def _background(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)
         self.stats.background.add(task)
         task.add_done_callback(self.stats.background.discard)
 
+    @staticmethod
+    async def _quorum(
+        futures: Iterable[asyncio.Future[Any]],
+        needed: int,
+        ok: Callable[[asyncio.Future[Any]], bool],
+        deadline: float,
+    ) -> None:
+        """Return once `needed` futures succeeded (per `ok`), all are done, or the
+        deadline passed. One waiter and callbacks: no task per replica."""
+        futs = list(futures)
+        if needed <= 0 or not futs:
+            return
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        counts = [0, 0]  # successes, finished
+
+        def on_done(fut: asyncio.Future[Any]) -> None:
+            counts[1] += 1
+            if ok(fut):
+                counts[0] += 1
+            if (counts[0] >= needed or counts[1] == len(futs)) and not waiter.done():
+                waiter.set_result(None)
+
+        for fut in futs:
+            fut.add_done_callback(on_done)
+
+        def expire() -> None:
+            if not waiter.done():
+                waiter.set_result(None)
+
+        timer = loop.call_at(deadline, expire)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+
     # --- reads -----------------------------------------------------------------------
     async def get(self, skey: bytes, r: int | None, timeout_ms: int) -> Object:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_ms / 1000
+        timeout = timeout_ms / 1000
+        deadline = loop.time() + timeout
         placement = self.view.placement(key_hash(skey[8:]))
         need = effective(r, self.config.r, placement.n)
-        nodes = [node for node, _ in placement.targets]
-        tasks: dict[asyncio.Future[Any], str] = {
-            asyncio.ensure_future(self.call(node, "get", [skey], timeout_ms / 1000)): node
-            for node in nodes
-        }
         replies: dict[str, Object] = {}
-        pending: set[asyncio.Future[Any]] = set(tasks)
-        while pending and len(replies) < need:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                break
-            done, pending = await asyncio.wait(
-                pending, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
-            )
-            for task in done:
-                obj = _reply_object(task)
-                if obj is not None:
-                    replies[tasks[task]] = obj
+        futures: dict[str, asyncio.Future[Any]] = {}
+        for node, _ in placement.targets:
+            if node == self.me:
+                replies[node] = self.local.read(skey)
+            else:
+                futures[node] = self._start(node, "get", [skey], timeout)
         if len(replies) < need:
-            for task in pending:
-                task.cancel()
+            await self._quorum(futures.values(), need - len(replies), _decodes, deadline)
+        for node, fut in futures.items():
+            if fut.done():
+                obj = _reply_object(fut)
+                if obj is not None:
+                    replies[node] = obj
+        pending = {node: fut for node, fut in futures.items() if not fut.done()}
+        if len(replies) < need:
+            for fut in pending.values():
+                fut.cancel()
             self.stats.quorum_failures += 1
             raise QuorumNotMet(
                 f"read quorum not met: {len(replies)} of {need} required replicas answered",
                 required=need,
                 answered=len(replies),
             )
-        merged = sync_all(replies.values(), lww=self.config.lww).obj
-        if self.config.read_repair:
-            self._background(self._read_repair(skey, tasks, pending, replies, deadline))
-        elif pending:
-            for task in pending:
-                task.cancel()
+        if len(replies) == 1:
+            merged = next(iter(replies.values()))
+        else:
+            merged = sync_all(replies.values(), lww=self.config.lww).obj
+        if self.config.read_repair and (pending or any(obj != merged for obj in replies.values())):
+            self._background(self._read_repair(skey, pending, replies, deadline))
+        else:
+            for fut in pending.values():
+                fut.cancel()
         return merged
 
     async def _read_repair(
         self,
         skey: bytes,
-        tasks: dict[asyncio.Future[Any], str],
-        pending: set[asyncio.Future[Any]],
+        pending: dict[str, asyncio.Future[Any]],
         replies: dict[str, Object],
         deadline: float,
     ) -> None:
-        loop = asyncio.get_running_loop()
         if pending:
-            done, late = await asyncio.wait(pending, timeout=max(0.0, deadline - loop.time()))
-            for task in late:
-                task.cancel()
-            for task in done:
-                obj = _reply_object(task)
-                if obj is not None:
-                    replies[tasks[task]] = obj
+            await self._quorum(pending.values(), len(pending), lambda _f: True, deadline)
+            for node, fut in pending.items():
+                if fut.done():
+                    obj = _reply_object(fut)
+                    if obj is not None:
+                        replies[node] = obj
+                else:
+                    fut.cancel()
         merged = sync_all(replies.values(), lww=self.config.lww).obj
         if merged.empty:
             return
@@ -176,11 +237,16 @@ class Coordinator:
             return
         encoded = encode_object(merged)
         timeout = self.config.request_timeout_ms / 1000
-        results = await asyncio.gather(
-            *(self.call(node, "merge", [skey, encoded, None], timeout) for node in stale),
-            return_exceptions=True,
-        )
-        repaired = sum(1 for res in results if not isinstance(res, BaseException))
+        repaired = 0
+        for node in stale:
+            try:
+                if node == self.me:
+                    self.local.merge(skey, merged, None)
+                else:
+                    await self.call(node, "merge", [skey, encoded, None], timeout)
+                repaired += 1
+            except (PeerError, TimeoutError):
+                continue
         self.stats.read_repairs += repaired
         if repaired:
             log.debug("read repair of %r on %d replica(s)", skey[8:60], repaired)
@@ -203,63 +269,29 @@ class Coordinator:
         if not targets:
             self.stats.quorum_failures += 1
             raise QuorumNotMet("no replica is reachable", required=need, answered=0)
-        # the coordinating replica: me if I am a target, else the first live one
-        order = sorted(targets, key=lambda t: (t[0] != self.me, t[1] is not None))
-        args_tail = [clock_to_wire(context), context.pruned, value, content_type]
-        obj: Object | None = None
-        coordinator: tuple[str, str | None] | None = None
-        last_error: Exception | None = None
-        for node, hint_for in order:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                break
-            try:
-                raw = await self.call(node, "put", [skey, *args_tail, hint_for], remaining)
-                obj = decode_object(raw)
-            except (PeerError, TimeoutError, CodecError) as exc:
-                last_error = exc
-                continue
-            coordinator = (node, hint_for)
-            if node != self.me:
-                self.stats.forwarded_puts += 1
-            break
-        if obj is None or coordinator is None:
-            self.stats.quorum_failures += 1
-            raise QuorumNotMet(
-                f"write quorum not met: no replica could coordinate the write ({last_error})",
-                required=need,
-                answered=0,
-            )
-        acked = 1
+        obj, coordinator = await self._coordinate(
+            skey, context, value, content_type, targets, deadline, need
+        )
         encoded = encode_object(obj)
-        others = [t for t in targets if t[0] != coordinator[0]]
+        others = [t for t in targets if t[0] != coordinator]
         spare = [f for f in placement.fallbacks if all(f != t[0] for t in targets)]
-        tasks = {
-            asyncio.ensure_future(
-                self._replicate(node, hint_for, skey, encoded, obj, spare, deadline)
-            ): node
+        acks = [
+            self._replicate(node, hint_for, skey, encoded, obj, spare, deadline)
             for node, hint_for in others
-        }
+        ]
         if self.config.hinted_handoff:
             for node in placement.unplaced:
                 if node != self.me:
                     self.hints.store(skey, node, obj)
         for node in placement.pending:
-            if node != coordinator[0] and all(node != t[0] for t in others):
+            if node != coordinator and all(node != t[0] for t in others):
                 self._background(self._to_pending(node, skey, encoded, obj))
-        pending = set(tasks)
-        while pending and acked < need:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                break
-            done, pending = await asyncio.wait(
-                pending, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
-            )
-            acked += sum(1 for task in done if not task.cancelled() and task.result() is True)
-        for task in pending:
-            # the rest keep going (they may still land, or leave a hint) unawaited
-            self.stats.background.add(task)
-            task.add_done_callback(self.stats.background.discard)
+        if coordinator == self.me and self.local.needs_barrier:
+            await self.local.durable()
+        acked = 1
+        if acked < need:
+            await self._quorum(acks, need - acked, _is_true, deadline)
+        acked += sum(1 for fut in acks if _is_true(fut))
         if acked < need:
             self.stats.quorum_failures += 1
             raise QuorumNotMet(
@@ -269,7 +301,44 @@ class Coordinator:
             )
         return obj
 
-    async def _replicate(
+    async def _coordinate(
+        self,
+        skey: bytes,
+        context: VClock,
+        value: bytes | None,
+        content_type: str,
+        targets: list[tuple[str, str | None]],
+        deadline: float,
+        need: int,
+    ) -> tuple[Object, str]:
+        """Create the new version on one replica (me when I am a target)."""
+        mine = next((t for t in targets if t[0] == self.me), None)
+        if mine is not None:
+            return self.local.put(skey, context, value, content_type, mine[1]), self.me
+        loop = asyncio.get_running_loop()
+        order = sorted(targets, key=lambda t: t[1] is not None)
+        args_tail = [clock_to_wire(context), context.pruned, value, content_type]
+        last_error: Exception | None = None
+        for node, hint_for in order:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            try:
+                raw = await self._start(node, "put", [skey, *args_tail, hint_for], remaining)
+                obj = decode_object(raw)
+            except (PeerError, TimeoutError, CodecError) as exc:
+                last_error = exc
+                continue
+            self.stats.forwarded_puts += 1
+            return obj, node
+        self.stats.quorum_failures += 1
+        raise QuorumNotMet(
+            f"write quorum not met: no replica could coordinate the write ({last_error})",
+            required=need,
+            answered=0,
+        )
+
+    def _replicate(
         self,
         node: str,
         hint_for: str | None,
@@ -278,34 +347,56 @@ class Coordinator:
         obj: Object,
         spare: list[str],
         deadline: float,
-    ) -> bool:
-        """Send a version to one target; if it fails, to the next spare fallback with a
-        hint; if none takes it, keep the hint here so the replica gets it later.
-        True when some node stands for this replica (counts toward W)."""
+    ) -> asyncio.Future[bool]:
+        """Send a version to one target. On failure a background task tries the next
+        spare fallback with a hint, and if none takes it keeps the hint here so the
+        replica gets it later. Resolves True when some node stands for this replica
+        (counts toward W)."""
         loop = asyncio.get_running_loop()
-        try:
-            await self.call(
-                node, "merge", [skey, encoded, hint_for], max(0.001, deadline - loop.time())
+        ack: asyncio.Future[bool] = loop.create_future()
+        fut = self._start(node, "merge", [skey, encoded, hint_for], deadline - loop.time())
+
+        def done(f: asyncio.Future[Any]) -> None:
+            if not f.cancelled() and f.exception() is None:
+                if not ack.done():
+                    ack.set_result(True)
+                return
+            self._background(
+                self._fall_back(ack, hint_for or node, skey, encoded, obj, spare, deadline)
             )
-            return True
-        except (PeerError, TimeoutError):
-            pass
-        intended = hint_for or node
+
+        fut.add_done_callback(done)
+        return ack
+
+    async def _fall_back(
+        self,
+        ack: asyncio.Future[bool],
+        intended: str,
+        skey: bytes,
+        encoded: bytes,
+        obj: Object,
+        spare: list[str],
+        deadline: float,
+    ) -> None:
+        loop = asyncio.get_running_loop()
         while spare and deadline - loop.time() > 0:
             fallback = spare.pop(0)
             if fallback == self.me or not self.view.is_up(fallback):
                 continue
             try:
                 await self.call(
-                    fallback, "merge", [skey, encoded, intended], max(0.001, deadline - loop.time())
+                    fallback, "merge", [skey, encoded, intended], deadline - loop.time()
                 )
-                return True
             except (PeerError, TimeoutError):
                 continue
+            if not ack.done():
+                ack.set_result(True)
+            return
+        if not ack.done():
+            ack.set_result(False)
         if intended != self.me and self.config.hinted_handoff:
             self.hints.store(skey, intended, obj)
             await self.hints.durable()
-        return False
 
     async def _to_pending(self, node: str, skey: bytes, encoded: bytes, obj: Object) -> None:
         """Double-write to a node receiving this partition; keep a hint if it misses it."""
@@ -318,10 +409,10 @@ class Coordinator:
             await self.hints.durable()
 
 
-def _reply_object(task: asyncio.Future[Any]) -> Object | None:
-    if task.cancelled() or task.exception() is not None:
+def _reply_object(fut: asyncio.Future[Any]) -> Object | None:
+    if fut.cancelled() or fut.exception() is not None:
         return None
-    raw = task.result()
+    raw = fut.result()
     if raw is None:
         return Object()
     try:
@@ -330,13 +421,12 @@ def _reply_object(task: asyncio.Future[Any]) -> Object | None:
         return None
 
 
-def _ignore_result(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled():
-        task.exception()
+def _decodes(fut: asyncio.Future[Any]) -> bool:
+    return _reply_object(fut) is not None
 
 
-def merge_replies(replies: list[Object], lww: bool) -> Object:
-    return sync_all(replies, lww=lww).obj
+def _is_true(fut: asyncio.Future[Any]) -> bool:
+    return fut.done() and not fut.cancelled() and fut.exception() is None and fut.result() is True
 
 
-__all__ = ["Coordinator", "Placement", "View", "merge_replies", "sync"]
+__all__ = ["Coordinator", "LocalReplica", "Placement", "View", "sync"]

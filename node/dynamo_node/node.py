@@ -42,6 +42,7 @@ from .storage import Family, Storage
 from .tls import client_context, server_context
 from .transport import Transport
 from .transport_tcp import RpcServer, TcpTransport
+from .vclock import VClock
 from .versions import Object, sync
 
 log = logging.getLogger("dynamo.node")
@@ -85,7 +86,7 @@ class Node:
         self.stopping = False
         self.last_anti_entropy: float | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._rpc = RpcServer(self.handle_peer, config.cluster_token)
+        self._rpc = RpcServer(self.handle_peer, config.cluster_token, fast=self.serve_now)
         self.transport: Transport = (
             transport_factory(self)
             if transport_factory
@@ -97,15 +98,8 @@ class Node:
                 ssl=client_context(config),
             )
         )
-        self.coordinator = Coordinator(
-            self.node_id,
-            config,
-            self.replica,
-            self.hints,
-            self.transport,
-            self,
-            lambda method, args: self.handle_peer(method, args, self.node_id),
-        )
+        self.needs_barrier = config.durability == "sync"
+        self.coordinator = Coordinator(self.node_id, config, self, self.hints, self.transport, self)
         self.rpc_handlers: dict[str, Callable[[Any, str], Any]] = {}
         self.gossiper = Gossiper(self)
         self.handoff = Handoff(self)
@@ -277,68 +271,32 @@ class Node:
         p = partition_of(key_hash(skey[8:]), state.partitions)
         return state.preference_list(p) + state.gaining(p)
 
-    # --- internal protocol (server side) ----------------------------------------------------
-    async def handle_peer(self, method: str, args: Any, caller: str) -> Any:
-        if caller != self.node_id:
-            self.detector.heard(caller, self.monotonic())
-        if method == "get":
-            return self._rpc_get(args)
-        if method == "put":
-            return await self._rpc_put(args)
-        if method == "merge":
-            return await self._rpc_merge(args)
-        if method == "merge_many":
-            return await self._rpc_merge_many(args)
-        if method == "ping":
-            return [self.node_id, self.state.version if self.state else 0]
-        handler = self.rpc_handlers.get(method)
-        if handler is not None:
-            return await handler(args, caller)
-        raise InvalidRequest(f"unknown internal method {method!r}")
-
-    @staticmethod
-    def _skey(raw: Any) -> bytes:
-        if not isinstance(raw, bytes) or len(raw) < 8:
-            raise InvalidRequest("bad storage key")
-        return raw
-
-    def _rpc_get(self, args: Any) -> bytes | None:
-        skey = self._skey(args[0])
+    # --- this node's replica, for the coordinator (coordinator.LocalReplica) ------------
+    def read(self, skey: bytes) -> Object:
+        """The local version of a key: the replica's, merged with hints held for it."""
         local = self.replica.read(skey)
-        extra = self.hints.for_key(skey)
-        if extra:
-            for obj in extra:
+        if self.hints.pending:
+            for obj in self.hints.for_key(skey):
                 local = sync(local, obj, lww=self.config.lww).obj
-        return None if local.empty else encode_object(local)
+        return local
 
-    async def _rpc_put(self, args: Any) -> bytes:
-        skey = self._skey(args[0])
-        flat, pruned, value, content_type, hint_for = args[1:6]
-        context = clock_from_wire(flat, bool(pruned))
-        if value is not None and not isinstance(value, bytes):
-            raise InvalidRequest("value must be bytes")
+    def put(
+        self,
+        skey: bytes,
+        context: VClock,
+        value: bytes | None,
+        content_type: str,
+        hint_for: str | None,
+    ) -> Object:
         if hint_for:
             current = self.hints.read(skey, hint_for)
             ops: list[Any] = []
-            new = self.replica.new_version(current, context, value, str(content_type), ops)
+            new = self.replica.new_version(current, context, value, content_type, ops)
             self.hints.store(skey, hint_for, new, ops)
-        else:
-            new = self.replica.apply_put(skey, context, value, str(content_type))
-        await self.commit_log.barrier()
-        return encode_object(new)
+            return new
+        return self.replica.apply_put(skey, context, value, content_type)
 
-    async def _rpc_merge(self, args: Any) -> bool:
-        skey = self._skey(args[0])
-        try:
-            obj = decode_object(args[1])
-        except CodecError as exc:
-            raise InvalidRequest(f"bad object: {exc}") from None
-        hint_for = args[2] if len(args) > 2 else None
-        self._store_incoming(skey, obj, hint_for)
-        await self.commit_log.barrier()
-        return True
-
-    def _store_incoming(self, skey: bytes, obj: Object, hint_for: str | None) -> None:
+    def merge(self, skey: bytes, obj: Object, hint_for: str | None) -> None:
         if hint_for:
             self.hints.store(skey, hint_for, obj)
             return
@@ -350,7 +308,78 @@ class Node:
                 for node in owners:
                     self.hints.store(skey, node, obj)
 
-    async def _rpc_merge_many(self, args: Any) -> int:
+    async def durable(self) -> None:
+        await self.commit_log.barrier()
+
+    # --- internal protocol (server side) ----------------------------------------------------
+    def serve_now(self, method: str, args: Any, caller: str) -> tuple[bool, Any]:
+        """Serve a replica call synchronously when it needs no await (reads always;
+        writes unless every write waits for an fsync): no task per call."""
+        if method == "get":
+            self.detector.heard(caller, self.monotonic())
+            return True, self._rpc_get(args)
+        if self.needs_barrier or method not in ("put", "merge", "merge_many"):
+            return False, None
+        self.detector.heard(caller, self.monotonic())
+        if method == "put":
+            return True, self._rpc_put(args)
+        if method == "merge":
+            return True, self._rpc_merge(args)
+        return True, self._rpc_merge_many(args)
+
+    async def handle_peer(self, method: str, args: Any, caller: str) -> Any:
+        if caller != self.node_id:
+            self.detector.heard(caller, self.monotonic())
+        if method == "get":
+            return self._rpc_get(args)
+        if method == "put":
+            result: Any = self._rpc_put(args)
+        elif method == "merge":
+            result = self._rpc_merge(args)
+        elif method == "merge_many":
+            result = self._rpc_merge_many(args)
+        elif method == "ping":
+            return [self.node_id, self.state.version if self.state else 0]
+        else:
+            handler = self.rpc_handlers.get(method)
+            if handler is None:
+                raise InvalidRequest(f"unknown internal method {method!r}")
+            return await handler(args, caller)
+        await self.commit_log.barrier()
+        return result
+
+    @staticmethod
+    def _skey(raw: Any) -> bytes:
+        if not isinstance(raw, bytes) or len(raw) < 8:
+            raise InvalidRequest("bad storage key")
+        return raw
+
+    def _rpc_get(self, args: Any) -> bytes | None:
+        skey = self._skey(args[0])
+        if not self.hints.pending:
+            return self.replica.read_encoded(skey)  # the stored bytes as they are
+        local = self.read(skey)
+        return None if local.empty else encode_object(local)
+
+    def _rpc_put(self, args: Any) -> bytes:
+        skey = self._skey(args[0])
+        flat, pruned, value, content_type, hint_for = args[1:6]
+        context = clock_from_wire(flat, bool(pruned))
+        if value is not None and not isinstance(value, bytes):
+            raise InvalidRequest("value must be bytes")
+        return encode_object(self.put(skey, context, value, str(content_type), hint_for or None))
+
+    def _rpc_merge(self, args: Any) -> bool:
+        skey = self._skey(args[0])
+        try:
+            obj = decode_object(args[1])
+        except CodecError as exc:
+            raise InvalidRequest(f"bad object: {exc}") from None
+        hint_for = args[2] if len(args) > 2 else None
+        self.merge(skey, obj, hint_for or None)
+        return True
+
+    def _rpc_merge_many(self, args: Any) -> int:
         self.handoff.received(len(args))
         changed = 0
         for skey, raw in args:
@@ -360,7 +389,6 @@ class Node:
                 continue
             _, did = self.replica.apply_merge(self._skey(skey), obj)
             changed += did
-        await self.commit_log.barrier()
         return changed
 
     # --- hinted handoff ------------------------------------------------------------------

@@ -30,6 +30,9 @@ class RemoteError(PeerError):
 class Transport(Protocol):
     async def call(self, node: str, method: str, args: Any, timeout: float) -> Any: ...
 
+    def start(self, node: str, method: str, args: Any, timeout: float) -> asyncio.Future[Any]:
+        """Like `call`, as a future (no task when a connection is ready)."""
+
     async def close(self) -> None: ...
 
 
@@ -63,6 +66,9 @@ class MemoryTransport:
             return await asyncio.wait_for(run(), timeout)
         except TimeoutError:
             raise PeerError(f"{node}: {method} timed out after {timeout:.3f}s") from None
+
+    def start(self, node: str, method: str, args: Any, timeout: float) -> asyncio.Future[Any]:
+        return asyncio.ensure_future(self.call(node, method, args, timeout))
 
     async def close(self) -> None:
         return None

@@ -90,6 +90,19 @@ class _ServerProtocol(asyncio.Protocol):
             if self._peer is None:
                 self._hello(method, args)
                 continue
+            if self._server.fast is not None and isinstance(method, str):
+                try:
+                    handled, result = self._server.fast(method, args, self._peer)
+                except DynamoError as exc:
+                    self._send([msg_id, 1, [exc.code, exc.message]])
+                    continue
+                except Exception as exc:
+                    log.exception("internal call %r failed", method)
+                    self._send([msg_id, 1, ["internal", repr(exc)]])
+                    continue
+                if handled:
+                    self._send([msg_id, 0, result])
+                    continue
             task = asyncio.ensure_future(self._serve(msg_id, method, args))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -134,9 +147,14 @@ class _ServerProtocol(asyncio.Protocol):
             self._transport.close()
 
 
+#: optional synchronous server path: (method, args, caller) -> (handled, result)
+FastHandler = Callable[[str, Any, str], tuple[bool, Any]]
+
+
 class RpcServer:
-    def __init__(self, handler: Handler, token: str = "") -> None:
+    def __init__(self, handler: Handler, token: str = "", fast: FastHandler | None = None) -> None:
         self.handler = handler
+        self.fast = fast
         self.token = token
         self.connections: set[_ServerProtocol] = set()
         self._server: asyncio.AbstractServer | None = None
@@ -286,6 +304,25 @@ class TcpTransport:
         except TimeoutError:
             conn.pending.pop(msg_id, None)
             raise PeerError(f"{node}: {method} timed out after {timeout:.3f}s") from None
+
+    def start(self, node: str, method: str, args: Any, timeout: float) -> asyncio.Future[Any]:
+        conn = self._conns.get(node)
+        if conn is None or conn.transport is None or conn.transport.is_closing():
+            return asyncio.ensure_future(self.call(node, method, args, timeout))
+        loop = asyncio.get_running_loop()
+        self._next_id += 1
+        msg_id = self._next_id
+        self.calls += 1
+        fut = conn.send(msg_id, method, args)
+
+        def expire() -> None:
+            if not fut.done():
+                conn.pending.pop(msg_id, None)
+                fut.set_exception(PeerError(f"{node}: {method} timed out after {timeout:.3f}s"))
+
+        timer = loop.call_later(timeout, expire)
+        fut.add_done_callback(lambda _f: timer.cancel())
+        return fut
 
     def drop(self, node: str) -> None:
         conn = self._conns.pop(node, None)

@@ -3,12 +3,13 @@
 `check()` expects every fault to be healed already. It then
 1. waits until every node sees one ring with every member up;
 2. runs anti-entropy passes (one per node, in turn) until every replica of every key
-   touched holds byte-for-byte the same object and no hint is pending: each replica
-   is read *alone* through the node-to-node protocol (the `get` call a coordinator
-   makes, answered from that node's own storage); the time from the start of the
-   check to that point is the convergence time;
-3. reads every key with r=all through the HTTP API (each from a random node): it must
-   answer (200, 300 or 404) with exactly the values the replicas hold;
+   touched holds byte-for-byte the same object: each replica is read *alone* through
+   the node-to-node protocol (the `get` call a coordinator makes, answered from that
+   node's own storage and hints); the time from the start of the check to that point is the
+   convergence time; then waits until no hint is pending on any node;
+3. reads the carts and a sample of the other keys (every key when `api_sample` is 0)
+   with r=all through the HTTP API, each from a random node: the answer (200, 300 or
+   404) must hold exactly the values the replicas hold;
 4. for a sample of keys, reads each node with r=1 while every other node is paused
    (SIGSTOP), so that only that node can answer;
 5. checks every acknowledged blind write is there (the value, or among siblings) and

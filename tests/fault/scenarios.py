@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,8 @@ class Scenario:
     #: pause between a worker's operations (keeps some CPU for the nodes on 2 cores)
     think_s: float = 0.002
     durability: str = "wal"
+    #: more dynamo-node flags (e.g. --lww for the checker's negative control)
+    node_flags: tuple[str, ...] = ()
     alone_sample: int = 30
     #: keys read back with r=all through the API besides the carts (0: every key)
     api_sample: int = 500
@@ -77,6 +80,7 @@ LONG = {
             ("kill", "kill-many", "pause", "cut", "isolate", "split", "bridge"),
             *LONG_TIMING,
             alone_sample=100,
+            api_sample=2000,
         ),
     )
 }
@@ -155,11 +159,24 @@ def form(cluster: FaultCluster, count: int, *extra: str) -> None:
     cluster.wait_converged(cluster.nodes, FORM_TIMEOUT_S)
 
 
+def _join_all(*joins: Callable[[], None]) -> None:
+    """Call every join, then raise the first error (a crashed client thread must not
+    leave the nemesis running)."""
+    errors: list[Exception] = []
+    for join in joins:
+        try:
+            join()
+        except Exception as exc:
+            errors.append(exc)
+    if errors:
+        raise errors[0]
+
+
 def run(scenario: Scenario, root: Path, seed: int | None = None) -> RunResult:
     """Run one scenario end to end on a fresh cluster under `root`."""
     seed = random.randrange(1 << 30) if seed is None else seed
     rng = random.Random(seed)
-    flags = (*NODE_FLAGS, "--durability", scenario.durability)
+    flags = (*NODE_FLAGS, "--durability", scenario.durability, *scenario.node_flags)
     with fault_cluster(root, scenario.nodes, scenario.netns) as cluster:
         t = time.monotonic()
         form(cluster, scenario.nodes, *flags)
@@ -180,19 +197,19 @@ def run(scenario: Scenario, root: Path, seed: int | None = None) -> RunResult:
         nemesis = Nemesis(cluster, rng, t0)
         try:
             workload.start(stop)
-            nemesis.start(scenario.faults, stop, scenario.hold_s, scenario.calm_s)
+            if scenario.faults:
+                nemesis.start(scenario.faults, stop, scenario.hold_s, scenario.calm_s)
             end = t0 + scenario.duration_s
             hard_end = t0 + 2 * scenario.duration_s
             # the run's length is a timer, extended until every kind of fault was injected
-            # and repaired once; bail out early if the nemesis died
-            while nemesis.alive() and time.monotonic() < hard_end:
+            # and repaired once; bail out early if the nemesis failed
+            while nemesis.error is None and time.monotonic() < hard_end:
                 if time.monotonic() >= end and nemesis.repaired_kinds() >= set(scenario.faults):
                     break
                 stop.wait(0.2)
         finally:
             stop.set()
-            workload.join()
-            nemesis.join()
+            _join_all(workload.join, nemesis.join)
         load_s = round(time.monotonic() - t0, 2)
         nemesis.heal_all()
         t = time.monotonic()

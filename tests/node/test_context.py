@@ -230,10 +230,12 @@ def test_flipping_the_last_character_is_rejected() -> None:
     context with its last character changed is accepted (decoding to the same clock)."""
     codec = ContextCodec()
     text = codec.encode(VClock({"a": (1, 0)}))
-    assert text == "AZKToWEBAMJl6slXh8R-qg"
-    tampered = text[:-1] + "h"
-    with pytest.raises(InvalidContext):
-        codec.decode(tampered)
+    assert len(text) % 4 != 0  # the last character carries unused bits
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    for other in alphabet:
+        if other != text[-1]:
+            with pytest.raises(InvalidContext):
+                codec.decode(text[:-1] + other)
 
 
 @settings(max_examples=300, deadline=None)

@@ -3,6 +3,7 @@ operator in-process, torn down (every node process stopped by PID) after the tes
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import copy
 import json
@@ -165,10 +166,17 @@ class Env:
         return written
 
     async def assert_readable(self, name: str, pod: str, written: dict[str, bytes]) -> None:
-        """Every key, read with R = N (every replica must answer with it)."""
+        """Every key, read with R = N (every replica must answer with it). A 503 (a
+        replica too slow for the deadline on a loaded machine) is retried; a missing
+        or wrong value fails at once."""
         token = self.secret_value(name, "client-token")
+        deadline = time.monotonic() + 60
         for key, value in written.items():
-            status, body = await self.node(pod, "GET", f"/v1/kv/{quote(key, safe='')}?r=all", token)
+            path = f"/v1/kv/{quote(key, safe='')}?r=all"
+            status, body = await self.node(pod, "GET", path, token)
+            while status == 503 and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)  # poll interval (bounded by the deadline)
+                status, body = await self.node(pod, "GET", path, token)
             assert (status, body) == (200, value), (key, status, body[:200])
 
     async def assert_members_match_ring(

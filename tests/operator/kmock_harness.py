@@ -11,7 +11,8 @@ Three parts (DESIGN §7):
   concurrency), a stale `resourceVersion` or uid precondition 409; the status and scale
   subresources behave as documented (a status write changes only `status`, a main write
   never does; `/scale` reads and writes a `Scale` mapped onto `spec.replicas`);
-  `generateName` and label selectors work.
+  `generateName` and label selectors work. kmock 0.8 also cannot parse
+  `/api/v1/namespaces` (Kopf's namespace observer lists it): `_parse_path` fixes that.
 - `Kubelet`: plays the StatefulSet controller and the kubelet for the namespace: for
   each pod a StatefulSet should have (`<name>-0..replicas-1`) it creates the Pod
   (labelled with the template's revision) and starts a real `dynamo-node` (node id =
@@ -20,10 +21,12 @@ Three parts (DESIGN §7):
   deleted (OnDelete upgrades), and on scale-down deletes the pod, stops its process and
   drops its data directory when the PVC retention says Delete. Every process is
   stopped by PID at the end.
-- `OperatorRunner`: `kopf.operator(standalone=True, stop_flag=...)` as a task, logged in
-  to the mock by an `@kopf.on.login` handler, with the collaborators (Kubernetes client,
-  node admin client with a loopback resolver) injected through Kopf's memo; it can be
-  stopped and started again (operator restarts).
+- `OperatorRunner`: `kopf.operator(standalone=True, stop_flag=...)` in a thread with its
+  own event loop (when Kopf stops it cancels every task its loop gained since it
+  started, which in the test's loop would be pytest's), logged in to the mock by an
+  `@kopf.on.login` handler, with the collaborators (Kubernetes client, node admin client
+  with a loopback resolver) injected through Kopf's memo; it can be stopped and started
+  again (operator restarts).
 """
 
 from __future__ import annotations
