@@ -81,6 +81,8 @@ class Node:
         self.hints = HintStore(storage, self.commit_log, lww=config.lww)
         self.detector = FailureDetector(self.node_id, config.failure_timeout_s)
         self.state: ClusterState | None = self._load_state()
+        #: per partition (preference list, fallbacks in walk order, gaining), for self.state
+        self._placements: dict[int, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {}
         self.started_at = time.time()
         self.ready = False
         self.stopping = False
@@ -154,6 +156,7 @@ class Node:
             )
         old_plan = (self.state.epoch, self.state.next is None) if self.state else None
         self.state = state
+        self._placements.clear()
         self.storage.write(
             [(Family.META, META_STATE, msgpack.packb(state.to_wire(), use_bin_type=True))]
         )
@@ -236,11 +239,15 @@ class Node:
     def placement(self, h: int) -> Placement:
         state = self.require_state()
         p = partition_of(h, state.partitions)
-        primaries = state.preference_list(p)
+        cached = self._placements.get(p)
+        if cached is None:
+            pl = tuple(state.preference_list(p))
+            rest = tuple(node for node in state.walk(p) if node not in pl)
+            cached = self._placements[p] = (pl, rest, tuple(state.gaining(p)))
+        primaries, walk_rest, gaining = cached
         targets: list[tuple[str, str | None]] = []
         unplaced: list[str] = []
-        chosen = set(primaries)
-        fallbacks = [node for node in state.walk(p) if node not in chosen]
+        fallbacks = list(walk_rest)
         for node in primaries:
             if self.is_up(node):
                 targets.append((node, None))
@@ -255,7 +262,7 @@ class Node:
         return Placement(
             len(primaries),
             tuple(targets),
-            tuple(state.gaining(p)),
+            gaining,
             tuple(node for node in fallbacks if self.is_up(node)),
             tuple(unplaced),
         )

@@ -62,12 +62,18 @@ def _check_partitions(partitions: int) -> int:
     return bits
 
 
+#: Q -> the shift that maps a hash to its partition (validated once per Q; hot path)
+_SHIFTS: dict[int, int] = {}
+
+
 def partition_of(h: int, partitions: int) -> int:
     """The partition holding 64-bit hash `h`: its top log2(Q) bits."""
-    bits = _check_partitions(partitions)
+    shift = _SHIFTS.get(partitions)
+    if shift is None:
+        shift = _SHIFTS[partitions] = HASH_BITS - _check_partitions(partitions)
     if not 0 <= h < HASH_SPACE:
         raise ValueError(f"hash out of range: {h}")
-    return h >> (HASH_BITS - bits)
+    return h >> shift
 
 
 def partition_range(p: int, partitions: int) -> tuple[int, int]:

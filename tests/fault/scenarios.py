@@ -9,6 +9,7 @@ and Q=32 partitions (forming a ring of Q=256 spends ~25 s on partition hand-off)
 
 from __future__ import annotations
 
+import functools
 import random
 import threading
 import time
@@ -22,7 +23,7 @@ from tests.fault.cluster import FaultCluster, fault_cluster
 from tests.fault.nemesis import NETWORK_FAULTS, FaultEvent, Nemesis
 from tests.fault.netns import probe
 from tests.fault.workloads import History, Workload
-from tests.harness import wait_for
+from tests.harness import NodeProc, wait_for
 
 NODE_FLAGS = ("--anti-entropy-interval", "0", "--partitions", "32")
 FORM_TIMEOUT_S = 60.0
@@ -147,12 +148,12 @@ def form(cluster: FaultCluster, count: int, *extra: str) -> None:
     rest = [cluster.add_node(*extra, seed=first, wait=False) for _ in range(count - 1)]
     for node in rest:
         cluster.wait_ready(node)
+
+    def known(node: NodeProc) -> bool:
+        return any(m["node"] == node.node_id for m in cluster.status(first)["members"])
+
     for node in rest:
-        wait_for(
-            lambda n=node: any(m["node"] == n.node_id for m in cluster.status(first)["members"]),
-            FORM_TIMEOUT_S,
-            what=f"{node.node_id} known by gossip",
-        )
+        wait_for(functools.partial(known, node), FORM_TIMEOUT_S, what=f"{node.node_id} known")
         cluster.admin(first, "POST", "join", {"address": node.address})
     if rest:
         cluster.admin(first, "POST", "commit")
