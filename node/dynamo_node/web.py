@@ -184,12 +184,14 @@ class KvHandlers:
         return state.n
 
     def _timeout(self, request: web.Request) -> int:
+        if not request.query_string:  # the common case: skip building the query multidict
+            return self.config.request_timeout_ms
         return parse_timeout_ms(request.query.get("timeout_ms"), self.config.request_timeout_ms)
 
     async def get(self, request: web.Request) -> web.Response:
         key = parse_key(request, self.config.key_max_bytes)
         n = self._n()
-        r = parse_quorum(request.query.get("r"), n, self.config.r, "r")
+        r = parse_quorum(request.query.get("r") if request.query_string else None, n, 0, "r")
         timeout_ms = self._timeout(request)
         obj = await self.node.coordinator.get(storage_key(key), r, timeout_ms)
         headers: dict[str, str] = {}
@@ -219,7 +221,7 @@ class KvHandlers:
     async def _write(self, request: web.Request, delete: bool) -> web.Response:
         key = parse_key(request, self.config.key_max_bytes)
         n = self._n()
-        w = parse_quorum(request.query.get("w"), n, self.config.w, "w")
+        w = parse_quorum(request.query.get("w") if request.query_string else None, n, 0, "w")
         timeout_ms = self._timeout(request)
         context = self.codec.decode(request.headers.get(CONTEXT_HEADER))
         if delete:
