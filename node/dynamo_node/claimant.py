@@ -8,6 +8,7 @@ it to every member at once. A commit is refused while an earlier one still trans
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from .discovery import fetch_status, split_hostport
@@ -50,17 +51,25 @@ class Claimant:
         except Exception as exc:
             raise NotFound(f"no dynamo node reachable at {address}: {exc}") from None
 
-    def stage_leave(self, node_id: str) -> None:
-        state = self.node.require_state()
+    def stage_leave(self, node_id: str) -> str:
+        """Stage the leave of a ring member; a member that owns nothing (known by
+        gossip, never joined) is forgotten at once. Returns "staged" or "forgotten"."""
+        node = self.node
+        state = node.require_state()
         if node_id not in state.members:
             raise NotFound(f"unknown node {node_id!r}")
         if node_id in self.joins:
             self.joins.remove(node_id)
-            return
-        if node_id not in state.ring.nodes():
-            raise Conflict(f"node {node_id!r} owns no partitions")
+            return "staged"
+        if node_id not in state.ring_nodes():
+            member = state.members[node_id]
+            if member.status != "left":
+                node.set_state(state.with_member(replace(member, status="left")))
+                node.gossiper.push_soon()
+            return "forgotten"
         if node_id not in self.leaves:
             self.leaves.append(node_id)
+        return "staged"
 
     def current_plan(self) -> Plan | None:
         if not self.joins and not self.leaves:
@@ -77,7 +86,7 @@ class Claimant:
         new = commit(self.node.require_state(), staged, self.node.node_id)
         self.node.set_state(new)
         self.clear()
-        await self.node.gossiper.push()
+        self.node.gossiper.push_soon()  # never block the admin call on a down member
         return new
 
     def clear(self) -> None:

@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dynamo.gossip")
 
+#: changes within this window are pushed to the members together
+PUSH_DEBOUNCE_S = 0.2
+
 
 class Gossiper:
     def __init__(self, node: Node) -> None:
@@ -34,6 +37,8 @@ class Gossiper:
         self.seed_addresses: dict[str, tuple[str, int]] = {}
         self._rng = random.Random()
         self._probe: asyncio.Future[None] | None = None
+        self._push_pending = False
+        self._pushes: set[asyncio.Task[None]] = set()
         node.rpc_handlers["gossip"] = self._rpc_gossip
 
     # --- server side -------------------------------------------------------------------
@@ -161,6 +166,21 @@ class Gossiper:
         await asyncio.gather(
             *(self.exchange(p, timeout) for p in self.peers()), return_exceptions=True
         )
+
+    def push_soon(self) -> None:
+        """Push the state shortly, once for a burst of changes (e.g. many small
+        transfers completing): one round of messages instead of one per change."""
+        if self._push_pending:
+            return
+        self._push_pending = True
+
+        def fire() -> None:
+            self._push_pending = False
+            task = asyncio.ensure_future(self.push())
+            self._pushes.add(task)
+            task.add_done_callback(self._pushes.discard)
+
+        asyncio.get_running_loop().call_later(PUSH_DEBOUNCE_S, fire)
 
     async def run(self) -> None:
         while True:

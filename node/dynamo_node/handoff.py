@@ -123,7 +123,7 @@ class Handoff:
             log.debug("transferred partition %d to %s (%d keys)", p, target, progress.keys_done)
             if not node.require_state().in_transition():
                 log.info("all transfers of plan %d are complete", epoch)
-            await node.gossiper.push()
+            node.gossiper.push_soon()
         finally:
             self.progress.pop((p, target), None)
 

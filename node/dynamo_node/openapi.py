@@ -189,6 +189,7 @@ def openapi_document(n: int = 3) -> dict[str, Any]:
                         },
                     },
                     "responses": {
+                        "200": _json(obj, "a member that owned nothing was forgotten"),
                         "202": _json(obj, "staged"),
                         "404": _err("unknown node"),
                         "409": _err("conflicts with the ring"),

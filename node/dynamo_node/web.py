@@ -280,7 +280,9 @@ class AdminHandlers:
         node_id = body.get("node")
         if not isinstance(node_id, str) or not node_id:
             raise InvalidRequest('expected {"node": ID}')
-        self.node.claimant.stage_leave(node_id)
+        outcome = self.node.claimant.stage_leave(node_id)
+        if outcome == "forgotten":
+            return web.json_response({"forgotten": True, "node": node_id})
         return web.json_response({"staged": "leave", "node": node_id}, status=202)
 
     async def plan(self, request: web.Request) -> web.Response:

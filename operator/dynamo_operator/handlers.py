@@ -43,18 +43,14 @@ from .config import OperatorConfig
 from .errors import KubeError, NodeError, SpecError
 from .kube import Kube
 from .nodes import NodeAdmin
-from .observed import NodeView, PodView, StatefulSetView
+from .observed import (
+    NodeView,
+    Observed,
+    PodView,
+    StatefulSetView,
+)
 from .reconcile import applied_spec, ensure_owned, ensure_statefulset, scale_statefulset
 from .scaling import (
-    ChangeMembership,
-    Idle,
-    Observed,
-    Operation,
-    RestartPod,
-    RunAntiEntropy,
-    ScaleStatefulSet,
-    Step,
-    Wait,
     next_step,
     parse_request,
 )
@@ -67,6 +63,16 @@ from .status import (
     failed_status,
     find_condition,
     previous_conditions,
+)
+from .steps import (
+    ChangeMembership,
+    Idle,
+    Operation,
+    RestartPod,
+    RunAntiEntropy,
+    ScaleStatefulSet,
+    Step,
+    Wait,
 )
 
 log = logging.getLogger("dynamo.operator")

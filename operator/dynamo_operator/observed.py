@@ -5,7 +5,10 @@ Three sources, each parsed defensively from the JSON the APIs return:
   (`update_revision` only once the controller has observed the current generation);
 - `PodView`: one pod of the StatefulSet: ordinal, uid, readiness, template revision;
 - `NodeView`: one node's `GET /v1/admin/status` (DESIGN §5): its own membership state,
-  ring version, transfers, hints and the members as it sees them.
+  ring version, transfers, hints and the members as it sees them;
+
+and `Observed`, all of them at one moment plus the request and the persisted operation:
+the input of the scaling machine.
 
 Parsing never raises on a missing optional field; a status that lacks what the operator
 relies on (node id, state, ring version) raises `ValueError`, and the caller treats that
@@ -18,6 +21,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from .steps import Operation
 
 #: the label the StatefulSet controller puts on each pod: the template revision it runs
 REVISION_LABEL = "controller-revision-hash"
@@ -177,3 +182,29 @@ class NodeView:
             members=tuple(members),
             last_anti_entropy=str(last) if last else None,
         )
+
+
+# --- one observation ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Observed:
+    """Everything `next_step` decides from."""
+
+    name: str  # the cluster's name, which is also the StatefulSet's
+    requested: int  # spec.replicas as asked (may be refused)
+    n: int  # replication.n
+    statefulset: StatefulSetView | None
+    pods: tuple[PodView, ...]
+    #: own admin status of every node that answered, by pod name
+    nodes: Mapping[str, NodeView]
+    operation: Operation | None
+
+    def ordinal(self, name: str) -> int | None:
+        return pod_ordinal(name, self.name)
+
+    def pod(self, name: str) -> PodView | None:
+        return next((p for p in self.pods if p.name == name), None)
+
+    def pod_name(self, ordinal: int) -> str:
+        return f"{self.name}-{ordinal}"

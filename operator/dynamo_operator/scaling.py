@@ -41,286 +41,34 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from .errors import SpecError
-from .observed import IN_RING_STATES, LEAVING, UP, NodeView, PodView, StatefulSetView, pod_ordinal
+from .observed import Observed, StatefulSetView
+from .ringview import RingView, highest_ordinal, ring_of
 from .spec import ClusterSpec, parse_spec
-
-OperationKind = Literal["scale", "upgrade"]
-OPERATION_KINDS: tuple[OperationKind, ...] = ("scale", "upgrade")
-
-# Reasons: the `reason` of events and of the Progressing condition.
-REASON_WAITING_FOR_STATEFULSET = "WaitingForStatefulSet"
-REASON_WAITING_FOR_PODS = "WaitingForPods"
-REASON_WAITING_FOR_RING = "WaitingForRing"
-REASON_WAITING_FOR_RESTART = "WaitingForRestart"
-REASON_WAITING_FOR_HINTS = "WaitingForHints"
-REASON_NO_COORDINATOR = "NoCoordinator"
-REASON_SCALING_UP = "ScalingUp"
-REASON_SCALING_DOWN = "ScalingDown"
-REASON_PAUSING = "Pausing"
-REASON_MEMBERSHIP = "MembershipChange"
-REASON_ANTI_ENTROPY = "AntiEntropy"
-REASON_RESTARTING = "RestartingPod"
-REASON_STABLE = "Stable"
-REASON_PAUSED = "Paused"
-
-
-@dataclass(frozen=True, slots=True)
-class Operation:
-    """The part of an operation the ring cannot tell, kept in `status.operation`.
-
-    `to_dict` always writes every key (None for unused ones), so a JSON merge patch of
-    the status replaces the whole record instead of mixing two operations.
-    """
-
-    kind: OperationKind
-    from_replicas: int | None = None
-    to_replicas: int | None = None
-    #: a membership change was committed: run anti-entropy once it has settled
-    anti_entropy: bool = False
-    #: upgrade: the pod deleted to restart it, and its uid then (the new pod's differs)
-    pod: str | None = None
-    pod_uid: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "fromReplicas": self.from_replicas,
-            "toReplicas": self.to_replicas,
-            "antiEntropyPending": self.anti_entropy,
-            "pod": self.pod,
-            "podUid": self.pod_uid,
-        }
-
-    @classmethod
-    def from_dict(cls, raw: object) -> Operation | None:
-        """The operation in `status.operation`; None when absent or unreadable (a
-        malformed record is dropped: the ring still tells what remains to do)."""
-        if not isinstance(raw, Mapping):
-            return None
-        kind = raw.get("kind")
-        if kind not in OPERATION_KINDS:
-            return None
-
-        def optional_int(key: str) -> int | None:
-            value = raw.get(key)
-            return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-        def optional_str(key: str) -> str | None:
-            value = raw.get(key)
-            return value if isinstance(value, str) and value else None
-
-        return cls(
-            kind="scale" if kind == "scale" else "upgrade",
-            from_replicas=optional_int("fromReplicas"),
-            to_replicas=optional_int("toReplicas"),
-            anti_entropy=raw.get("antiEntropyPending") is True,
-            pod=optional_str("pod"),
-            pod_uid=optional_str("podUid"),
-        )
-
-
-# --- actions ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Wait:
-    """Nothing to do until the cluster changes (the next observation decides again)."""
-
-    reason: str
-    message: str
-
-
-@dataclass(frozen=True, slots=True)
-class ScaleStatefulSet:
-    """Set the StatefulSet's replicas (grow first, shrink last)."""
-
-    replicas: int
-    previous: int
-    reason: str
-    message: str
-
-
-@dataclass(frozen=True, slots=True)
-class Join:
-    """A pod to join, by the address its node advertises."""
-
-    pod: str
-    address: str
-
-
-@dataclass(frozen=True, slots=True)
-class ChangeMembership:
-    """On `coordinator`: clear any staged plan, stage these joins and leaves, commit."""
-
-    coordinator: str
-    joins: tuple[Join, ...]
-    leaves: tuple[str, ...]
-    message: str
-    reason: str = REASON_MEMBERSHIP
-
-
-@dataclass(frozen=True, slots=True)
-class RunAntiEntropy:
-    """Start a full anti-entropy pass on these nodes (best effort)."""
-
-    nodes: tuple[str, ...]
-    message: str
-    reason: str = REASON_ANTI_ENTROPY
-
-
-@dataclass(frozen=True, slots=True)
-class RestartPod:
-    """Delete this pod (uid as a precondition) so it comes back on the new template."""
-
-    pod: str
-    uid: str
-    message: str
-    reason: str = REASON_RESTARTING
-
-
-@dataclass(frozen=True, slots=True)
-class Idle:
-    """The cluster is as asked."""
-
-    message: str
-    reason: str = REASON_STABLE
-
-
-Action = Wait | ScaleStatefulSet | ChangeMembership | RunAntiEntropy | RestartPod | Idle
-
-
-@dataclass(frozen=True, slots=True)
-class Step:
-    """What to do now, the operation to persist (before acting), and a refusal if the
-    requested size was refused."""
-
-    action: Action
-    operation: Operation | None
-    refusal: str | None = None
-
-
-# --- observations ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Observed:
-    """Everything `next_step` decides from."""
-
-    name: str  # the cluster's name, which is also the StatefulSet's
-    requested: int  # spec.replicas as asked (may be refused)
-    n: int  # replication.n
-    statefulset: StatefulSetView | None
-    pods: tuple[PodView, ...]
-    #: own admin status of every node that answered, by pod name
-    nodes: Mapping[str, NodeView]
-    operation: Operation | None
-
-    def ordinal(self, name: str) -> int | None:
-        return pod_ordinal(name, self.name)
-
-    def pod(self, name: str) -> PodView | None:
-        return next((p for p in self.pods if p.name == name), None)
-
-    def pod_name(self, ordinal: int) -> str:
-        return f"{self.name}-{ordinal}"
-
-
-@dataclass(frozen=True, slots=True)
-class RingView:
-    """The ring as the answering nodes report it, read conservatively: a node counts as a
-    member if *any* report says so (its own, a peer's member list, a pending transfer),
-    so the operator never removes a pod some node still counts on."""
-
-    coordinator: NodeView | None  # lowest-ordinal node that is an "up" ring member
-    members: frozenset[str]  # committed members, leaving ones included
-    leaving: frozenset[str]
-    down: frozenset[str]  # members the coordinator sees down, or that do not answer
-    busy: str | None  # why the ring has not settled, or None
-
-    @property
-    def active(self) -> frozenset[str]:
-        """Members that stay (not leaving)."""
-        return self.members - self.leaving
-
-
-def ring_of(observed: Observed) -> RingView:
-    views = list(observed.nodes.values())
-    candidates = (
-        {p.name for p in observed.pods}
-        | set(observed.nodes)
-        | {m.name for v in views for m in v.members}
-    )
-    members = frozenset(name for name in candidates if _in_ring(observed, name))
-    ups = [
-        (ordinal, view)
-        for name, view in observed.nodes.items()
-        if view.state == UP and (ordinal := observed.ordinal(name)) is not None
-    ]
-    coordinator = min(ups, key=lambda item: item[0])[1] if ups else None
-    leaving = frozenset(
-        name
-        for name in members
-        if ((own := observed.nodes.get(name)) is not None and own.state == LEAVING)
-        or any((m := v.member(name)) is not None and m.state == LEAVING for v in views)
-    )
-    down = set(name for name in members if name not in observed.nodes)
-    if coordinator is not None:
-        down |= {m.name for m in coordinator.members if m.name in members and m.state == "down"}
-    return RingView(
-        coordinator=coordinator,
-        members=members,
-        leaving=leaving,
-        down=frozenset(down),
-        busy=_busy(observed, members, leaving, frozenset(down)),
-    )
-
-
-def _in_ring(observed: Observed, name: str) -> bool:
-    own = observed.nodes.get(name)
-    if own is not None and own.state in IN_RING_STATES:
-        return True
-    for view in observed.nodes.values():
-        member = view.member(name)
-        if member is not None and (member.state in IN_RING_STATES or member.partitions > 0):
-            return True
-        if name in view.transfer_nodes:
-            return True
-    return False
-
-
-def _busy(
-    observed: Observed,
-    members: frozenset[str],
-    leaving: frozenset[str],
-    down: frozenset[str],
-) -> str | None:
-    views = observed.nodes.values()
-    transfers = max((v.transfers for v in views), default=0)
-    if transfers:
-        return f"{transfers} partition transfer(s) of the committed ring change in progress"
-    versions = {v.ring_version for v in views if v.name in members}
-    if len(versions) > 1:
-        return f"ring members disagree on the ring version ({sorted(versions)}): gossip converging"
-    if leaving:
-        return f"{_names(leaving, observed)} leaving the ring"
-    if down:
-        return f"{_names(down, observed)} down: no membership change until every member is up"
-    return None
-
-
-def _names(names: frozenset[str] | set[str], observed: Observed) -> str:
-    ordered = sorted(names, key=lambda n: (observed.ordinal(n) is None, observed.ordinal(n), n))
-    return ", ".join(ordered)
-
-
-def _highest_ordinal(observed: Observed, names: frozenset[str]) -> int:
-    ordinals = [o for name in names if (o := observed.ordinal(name)) is not None]
-    return max(ordinals, default=-1)
-
+from .steps import (
+    REASON_NO_COORDINATOR,
+    REASON_PAUSED,
+    REASON_PAUSING,
+    REASON_SCALING_DOWN,
+    REASON_SCALING_UP,
+    REASON_WAITING_FOR_HINTS,
+    REASON_WAITING_FOR_PODS,
+    REASON_WAITING_FOR_RESTART,
+    REASON_WAITING_FOR_RING,
+    REASON_WAITING_FOR_STATEFULSET,
+    Action,
+    ChangeMembership,
+    Idle,
+    Join,
+    Operation,
+    RestartPod,
+    RunAntiEntropy,
+    ScaleStatefulSet,
+    Step,
+    Wait,
+)
 
 # --- the request -----------------------------------------------------------------------
 
@@ -394,7 +142,7 @@ def next_step(observed: Observed) -> Step:
             return step(Wait(REASON_WAITING_FOR_RESTART, waiting))
         op = None  # the restarted pod is back: the next one may go
 
-    floor = max(target, _highest_ordinal(observed, ring.members) + 1)
+    floor = max(target, highest_ordinal(observed, ring.members) + 1)
     if sts.replicas < floor:
         return step(
             ScaleStatefulSet(

@@ -21,19 +21,23 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from .builders import selector_string
-from .observed import NodeView
-from .scaling import (
+from .observed import (
+    NodeView,
+    Observed,
+)
+from .ringview import (
+    RingView,
+    ring_of,
+)
+from .steps import (
     REASON_WAITING_FOR_HINTS,
     ChangeMembership,
     Idle,
-    Observed,
     RestartPod,
-    RingView,
     RunAntiEntropy,
     ScaleStatefulSet,
     Step,
     Wait,
-    ring_of,
 )
 
 AVAILABLE = "Available"

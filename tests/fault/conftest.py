@@ -8,6 +8,7 @@ which runs as root and must never silently lose the partition tests).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 
@@ -17,12 +18,15 @@ from tests.fault.netns import probe
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption(
-        "--fault-long",
-        action="store_true",
-        default=False,
-        help="run the long fault-injection scenarios (5 nodes, minutes; marked slow)",
-    )
+    # tolerated when a conftest higher up declares it too (so `pytest --fault-long`
+    # works from the repository root)
+    with contextlib.suppress(ValueError):
+        parser.addoption(
+            "--fault-long",
+            action="store_true",
+            default=False,
+            help="run the long fault-injection scenarios (5 nodes, minutes; marked slow)",
+        )
 
 
 @pytest.fixture(scope="session")

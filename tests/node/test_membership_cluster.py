@@ -258,3 +258,15 @@ def test_tombstones_are_purged_once_every_replica_has_them(procs: Cluster) -> No
     for node in nodes:  # gone everywhere: no context left behind, a plain 404
         status, headers, _ = procs.get(node, keys[0], "?r=1")
         assert status == 404 and "X-Dynamo-Context" not in headers
+
+
+def test_a_member_that_never_joined_can_be_forgotten(procs: Cluster) -> None:
+    n0 = procs.add_node()
+    stray = procs.add_node(seed=n0)
+    wait_for(lambda: any(m["node"] == stray.node_id for m in procs.status(n0)["members"]), 20)
+    procs.kill(stray)
+    answer = procs.admin(n0, "POST", "leave", {"node": stray.node_id})
+    assert answer == {"forgotten": True, "node": stray.node_id}
+    states = {m["node"]: m["state"] for m in procs.status(n0)["members"]}
+    assert states[stray.node_id] == "left"
+    assert ownership(procs, n0) == {"n0": 256}

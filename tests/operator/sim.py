@@ -12,18 +12,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from dynamo_operator.observed import MemberView, NodeView, PodView, StatefulSetView
+from dynamo_operator.observed import (
+    MemberView,
+    NodeView,
+    Observed,
+    PodView,
+    StatefulSetView,
+)
 from dynamo_operator.scaling import (
+    next_step,
+)
+from dynamo_operator.steps import (
     ChangeMembership,
     Idle,
-    Observed,
     Operation,
     RestartPod,
     RunAntiEntropy,
     ScaleStatefulSet,
     Step,
     Wait,
-    next_step,
 )
 
 NAME = "demo"

@@ -11,7 +11,14 @@ import dataclasses
 import pytest
 
 from dynamo_operator.errors import SpecError
+from dynamo_operator.ringview import (
+    ring_of,
+)
 from dynamo_operator.scaling import (
+    next_step,
+    parse_request,
+)
+from dynamo_operator.steps import (
     REASON_NO_COORDINATOR,
     REASON_PAUSED,
     REASON_PAUSING,
@@ -30,9 +37,6 @@ from dynamo_operator.scaling import (
     RunAntiEntropy,
     ScaleStatefulSet,
     Wait,
-    next_step,
-    parse_request,
-    ring_of,
 )
 from tests.operator.sim import World, kinds, pod
 

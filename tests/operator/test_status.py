@@ -6,7 +6,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from dynamo_operator.scaling import next_step
+from dynamo_operator.scaling import (
+    next_step,
+)
 from dynamo_operator.status import (
     AVAILABLE,
     DEGRADED,
