@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 INTERVAL_ENV = "DYNAMO_OPERATOR_INTERVAL"
+#: "off" when the operator watches exact namespaces: Kopf then scans nothing
+SCANNING_ENV = "DYNAMO_OPERATOR_SCANNING"
 NODE_TIMEOUT_ENV = "DYNAMO_OPERATOR_NODE_TIMEOUT"
 
 DEFAULT_INTERVAL_S = 5.0

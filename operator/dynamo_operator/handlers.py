@@ -24,6 +24,7 @@ import asyncio
 import base64
 import binascii
 import logging
+import os
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -39,7 +40,7 @@ from .builders import (
     configmap_name,
     selector,
 )
-from .config import OperatorConfig
+from .config import SCANNING_ENV, OperatorConfig
 from .errors import KubeError, NodeError, SpecError
 from .kube import Kube
 from .nodes import NodeAdmin
@@ -134,6 +135,8 @@ def _generation(meta: Mapping[str, Any]) -> int:
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     # Kopf's own handler log lines are not events; the operator posts its own, explicitly.
     settings.posting.level = logging.WARNING
+    if os.environ.get(SCANNING_ENV) == "off":
+        settings.scanning.disabled = True
     if memo.get("kube") is None:
         memo["kube"] = await asyncio.to_thread(Kube.from_environment)
     if memo.get("nodes") is None:

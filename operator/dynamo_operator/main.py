@@ -20,7 +20,7 @@ from pathlib import Path
 
 import kopf
 
-from .config import INTERVAL_ENV
+from .config import INTERVAL_ENV, SCANNING_ENV
 
 DEFAULT_LIVENESS = "http://0.0.0.0:8080/healthz"
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
@@ -94,6 +94,9 @@ def main(argv: list[str] | None = None) -> None:
         os.environ[INTERVAL_ENV] = str(args.interval)
     importlib.import_module(HANDLERS_MODULE)  # registers the handlers
     namespaces = [] if args.all_namespaces else (args.namespace or [default_namespace()])
+    if not args.all_namespaces:
+        # exact namespaces: Kopf need not scan namespaces or CRDs (and lacks the RBAC to)
+        os.environ[SCANNING_ENV] = "off"
     kopf.run(
         clusterwide=args.all_namespaces,
         namespaces=namespaces,

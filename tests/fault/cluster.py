@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,7 +154,3 @@ def fault_cluster(root: Path, count: int, netns: bool) -> Iterator[FaultCluster]
         finally:
             if net is not None:
                 net.destroy()
-
-
-def elapsed_since(start: float) -> float:
-    return round(time.monotonic() - start, 3)

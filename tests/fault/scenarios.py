@@ -3,8 +3,9 @@ bench/fault_report.py: form a cluster, run the workload under the nemesis, heal,
 
 QUICK scenarios (CI): 3 nodes (N=3, R=W=2), a short run each. LONG scenarios: 5 nodes,
 longer runs, more fault kinds (kill-many, isolate, bridge) and more clients.
-Nodes run with periodic anti-entropy off (the checker's passes are what is measured)
-and Q=32 partitions (forming a ring of Q=256 spends ~25 s on partition hand-off).
+Nodes run with the default settings (Q=256, `wal` durability unless a scenario says
+otherwise) except periodic anti-entropy, which is off: the checker's passes are what
+is measured.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from tests.fault.netns import probe
 from tests.fault.workloads import History, Workload
 from tests.harness import NodeProc, wait_for
 
-NODE_FLAGS = ("--anti-entropy-interval", "0", "--partitions", "32")
+NODE_FLAGS = ("--anti-entropy-interval", "0")
 FORM_TIMEOUT_S = 60.0
 
 

@@ -75,8 +75,9 @@ for component in node operator; do
     buildah "${STORAGE[@]}" run --isolation chroot "$container" -- "dynamo-$component" --help \
         >/dev/null
     buildah "${STORAGE[@]}" inspect --format \
-        '{{.OCIv1.Config.User}} {{.OCIv1.Config.StopSignal}} {{.OCIv1.Config.Entrypoint}}' "$image"
+        'user {{.OCIv1.Config.User}}, stop signal {{.OCIv1.Config.StopSignal}}, entrypoint {{.OCIv1.Config.Entrypoint}}{{"\n"}}' "$image"
     buildah "${STORAGE[@]}" rm "$container" >/dev/null
     trap - EXIT
 done
+buildah "${STORAGE[@]}" rmi --prune >/dev/null 2>&1 || true  # images of earlier runs
 buildah "${STORAGE[@]}" images

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.packaging.tools import Tools, ToolError, ensure_tools
+from tests.packaging.tools import ToolError, Tools, ensure_tools
 
 
 @pytest.fixture(scope="session")
