@@ -16,13 +16,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dynamo_node.errors import Unavailable
-from dynamo_node.storage import partition_keys
 from dynamo_node.ring import key_hash, partition_of
 from dynamo_node.storage import (
     Family,
     MemoryStorage,
     Storage,
     hash_prefix,
+    partition_keys,
     storage_key,
     user_key,
 )
