@@ -90,8 +90,9 @@ def run_scenarios(chosen: list[Scenario], seed: int | None) -> tuple[list[dict[s
         ok = ok and result.ok
     print()
     print(
-        "AE done s: from healing to the end of the anti-entropy pass on every node; verified s:"
-        " until every\nreplica was read alone and found identical (includes reading them all)."
+        "AE done s: from healing to the end of the last full anti-entropy pass (usually one);"
+        " verified s:\nuntil every replica was read alone and found identical (includes reading"
+        " them all)."
     )
     print(
         benchlib.table(

@@ -27,6 +27,8 @@ log = logging.getLogger("dynamo.main")
 
 #: in-flight client requests get this long to finish on SIGTERM
 SHUTDOWN_TIMEOUT_S = 5.0
+#: the node's own tasks get this long to stop before a hard (but WAL-synced) exit
+STOP_DEADLINE_S = 10.0
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -169,9 +171,25 @@ async def serve(config: NodeConfig) -> None:
         await stop.wait()
         log.info("stopping")
     finally:
-        await runner.cleanup()
-        await node.stop()
-        log.info("stopped cleanly")
+        await _shutdown(runner, node)
+
+
+async def _shutdown(runner: web.AppRunner, node: Node) -> None:
+    """Stop serving, stop the node, close RocksDB; never hang past STOP_DEADLINE_S."""
+    try:
+        await asyncio.wait_for(runner.cleanup(), SHUTDOWN_TIMEOUT_S + 1)
+    except TimeoutError:
+        log.error("HTTP shutdown exceeded %.0fs; closing connections", SHUTDOWN_TIMEOUT_S)
+    try:
+        await asyncio.wait_for(node.stop(), STOP_DEADLINE_S)
+    except TimeoutError:
+        import faulthandler
+
+        log.error("node stop exceeded %.0fs; syncing the WAL and exiting", STOP_DEADLINE_S)
+        faulthandler.dump_traceback()
+        node.storage.close()  # the WAL is synced on close: nothing acknowledged is lost
+        os._exit(1)
+    log.info("stopped cleanly")
 
 
 def install_metrics(node: Node, metrics: Metrics) -> None:
