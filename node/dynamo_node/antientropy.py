@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dynamo.antientropy")
 
+#: exchange rounds per pass: the second spreads what the last peers of the first brought
+ROUNDS = 2
 SEGMENTS = 256
 FANOUT = 16
 SHIP_BATCH = 500
@@ -232,12 +234,19 @@ class AntiEntropy:
     async def sync_partition(self, p: int) -> tuple[int, int]:
         """Exchange p with every other live replica; then GC its agreed tombstones."""
         state = self.node.require_state()
-        replicas = state.preference_list(p)
+        peers = [
+            r for r in state.preference_list(p) if r != self.node.node_id and self.node.is_up(r)
+        ]
         repaired = 0
-        for peer in replicas:
-            if peer == self.node.node_id or not self.node.is_up(peer):
-                continue
-            repaired += await self.exchange(p, peer)
+        # this node gathers everything in the first round; a second round hands what a
+        # later peer brought to the earlier ones (only needed when that round repaired)
+        for _ in range(ROUNDS):
+            this_round = 0
+            for peer in peers:
+                this_round += await self.exchange(p, peer)
+            repaired += this_round
+            if not this_round or len(peers) < 2:
+                break
         purged = await self.collect_tombstones(p)
         return repaired, purged
 
@@ -356,16 +365,23 @@ class AntiEntropy:
             mine = [p for p in range(state.partitions) if me in state.preference_list(p)]
             # compare every shared partition's root with each peer in one call per peer
             peers = sorted({r for p in mine for r in state.preference_list(p) if r != me})
-            for peer in peers:
-                if not self.node.is_up(peer):
-                    job.errors.append(f"replica {peer} is down")
-                    continue
-                shared = [p for p in mine if peer in state.preference_list(p)]
-                try:
-                    for p in await self._differing(peer, shared):
-                        job.keys_repaired += await self.exchange(p, peer)
-                except Exception as exc:  # one peer failing does not stop the pass
-                    job.errors.append(f"{peer}: {exc}")
+            down = [peer for peer in peers if not self.node.is_up(peer)]
+            job.errors.extend(f"replica {peer} is down" for peer in down)
+            live = [peer for peer in peers if peer not in down]
+            # round 1 gathers every replica's data here; round 2 (only when a later
+            # exchange of round 1 repaired something) hands it back to the earlier peers
+            for _ in range(ROUNDS):
+                repaired = 0
+                for peer in live:
+                    shared = [p for p in mine if peer in state.preference_list(p)]
+                    try:
+                        for p in await self._differing(peer, shared):
+                            repaired += await self.exchange(p, peer)
+                    except Exception as exc:  # one peer failing does not stop the pass
+                        job.errors.append(f"{peer}: {exc}")
+                job.keys_repaired += repaired
+                if not repaired or len(live) < 2:
+                    break
             for p in mine:
                 try:
                     job.tombstones_purged += await self.collect_tombstones(p)

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import socket
 import struct
 from collections.abc import Callable
 from typing import Any, cast
@@ -175,6 +176,19 @@ class RpcServer:
             self._server = None
 
 
+#: unacknowledged data older than this aborts a peer connection (Linux TCP_USER_TIMEOUT)
+TCP_USER_TIMEOUT_MS = 5000
+
+
+def _tune(transport: asyncio.BaseTransport | None) -> None:
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None:
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, TCP_USER_TIMEOUT_MS)
+
+
 # --- client ------------------------------------------------------------------------
 class _ClientProtocol(asyncio.Protocol):
     def __init__(self, node: str) -> None:
@@ -183,6 +197,9 @@ class _ClientProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.pending: dict[int, asyncio.Future[Any]] = {}
         self.closed = asyncio.get_running_loop().create_future()
+        #: loop time of the last bytes received: a timed-out call on a connection that
+        #: has been silent since it was sent means the connection is dead, not slow
+        self.last_recv = asyncio.get_running_loop().time()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -198,6 +215,7 @@ class _ClientProtocol(asyncio.Protocol):
             self.closed.set_result(None)
 
     def data_received(self, data: bytes) -> None:
+        self.last_recv = asyncio.get_running_loop().time()
         try:
             frames = self._framer.feed(data)
         except Exception:
@@ -277,6 +295,7 @@ class TcpTransport:
             )
         except (OSError, TimeoutError) as exc:
             raise PeerError(f"{node}: cannot connect to {addr[0]}:{addr[1]}: {exc}") from None
+        _tune(proto.transport)
         hello = proto.send(0, HELLO, [self._token, self.me])
         try:
             await asyncio.wait_for(hello, self._connect_timeout)
@@ -299,10 +318,12 @@ class TcpTransport:
         self.calls += 1
         fut = conn.send(msg_id, method, args)
         remaining = max(0.001, deadline - loop.time())
+        sent = loop.time()
         try:
             return await asyncio.wait_for(fut, remaining)
         except TimeoutError:
             conn.pending.pop(msg_id, None)
+            self._expired(node, conn, sent)
             raise PeerError(f"{node}: {method} timed out after {timeout:.3f}s") from None
 
     def start(self, node: str, method: str, args: Any, timeout: float) -> asyncio.Future[Any]:
@@ -313,16 +334,26 @@ class TcpTransport:
         self._next_id += 1
         msg_id = self._next_id
         self.calls += 1
+        sent = loop.time()
         fut = conn.send(msg_id, method, args)
 
         def expire() -> None:
             if not fut.done():
                 conn.pending.pop(msg_id, None)
                 fut.set_exception(PeerError(f"{node}: {method} timed out after {timeout:.3f}s"))
+                self._expired(node, conn, sent)
 
         timer = loop.call_later(timeout, expire)
         fut.add_done_callback(lambda _f: timer.cancel())
         return fut
+
+    def _expired(self, node: str, conn: _ClientProtocol, sent: float) -> None:
+        """A call timed out: if nothing at all came back on its connection since it was
+        sent, the connection is dead (e.g. a healed partition left it in TCP backoff);
+        drop it so the next call reconnects instead of queueing behind it."""
+        if conn.last_recv < sent and self._conns.get(node) is conn:
+            log.info("dropping the silent connection to %s", node)
+            self.drop(node)
 
     def drop(self, node: str) -> None:
         conn = self._conns.pop(node, None)
