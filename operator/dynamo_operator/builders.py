@@ -45,6 +45,8 @@ PEER_PORT_NAME = "peer"
 DATA_DIR = "/data"
 CONFIG_DIR = "/etc/dynamokv"
 CONFIG_FILE = "node.json"
+TLS_VOLUME = "tls"
+TLS_DIR = "/etc/dynamokv-tls"
 TMP_DIR = "/tmp"
 TMP_SIZE_LIMIT = "128Mi"
 DATA_VOLUME = "data"
@@ -186,6 +188,9 @@ def node_config(spec: ClusterSpec) -> dict[str, Any]:
         "anti_entropy_interval_s": spec.anti_entropy_interval_s,
         "lww": spec.lww,
         "durability": spec.durability,
+        "key_max_bytes": spec.limits.max_key_bytes,
+        "value_max_bytes": spec.limits.max_value_bytes,
+        "max_concurrent_requests": spec.limits.max_concurrent_requests,
     }
 
 
@@ -360,6 +365,13 @@ def pod_template(name: str, namespace: str, spec: ClusterSpec) -> dict[str, Any]
             {"name": TMP_VOLUME, "emptyDir": {"sizeLimit": TMP_SIZE_LIMIT}},
         ],
     }
+    if spec.tls_secret_name:
+        pod_spec["volumes"].append(
+            {
+                "name": TLS_VOLUME,
+                "secret": {"secretName": spec.tls_secret_name, "defaultMode": 0o440},
+            }
+        )
     affinity = _affinity(name, spec)
     if affinity:
         pod_spec["affinity"] = affinity
@@ -383,11 +395,12 @@ def pod_template(name: str, namespace: str, spec: ClusterSpec) -> dict[str, Any]
 
 def _container(name: str, namespace: str, spec: ClusterSpec) -> dict[str, Any]:
     secret = auth_secret_name(name, spec)
+    scheme = "HTTPS" if spec.tls_secret_name else "HTTP"
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
         "image": spec.image,
         "command": [NODE_COMMAND],
-        "args": _args(name, namespace),
+        "args": _args(name, namespace, tls=bool(spec.tls_secret_name)),
         "ports": [
             {"name": CLIENT_PORT_NAME, "containerPort": CLIENT_PORT, "protocol": "TCP"},
             {"name": PEER_PORT_NAME, "containerPort": PEER_PORT, "protocol": "TCP"},
@@ -404,13 +417,13 @@ def _container(name: str, namespace: str, spec: ClusterSpec) -> dict[str, Any]:
             {"name": TMP_VOLUME, "mountPath": TMP_DIR},
         ],
         "startupProbe": _http_probe(
-            HEALTHZ_PATH, STARTUP_PERIOD_S, STARTUP_TIMEOUT_S, STARTUP_FAILURES
+            HEALTHZ_PATH, STARTUP_PERIOD_S, STARTUP_TIMEOUT_S, STARTUP_FAILURES, scheme
         ),
         "livenessProbe": _http_probe(
-            HEALTHZ_PATH, LIVENESS_PERIOD_S, LIVENESS_TIMEOUT_S, LIVENESS_FAILURES
+            HEALTHZ_PATH, LIVENESS_PERIOD_S, LIVENESS_TIMEOUT_S, LIVENESS_FAILURES, scheme
         ),
         "readinessProbe": _http_probe(
-            READYZ_PATH, READINESS_PERIOD_S, READINESS_TIMEOUT_S, READINESS_FAILURES
+            READYZ_PATH, READINESS_PERIOD_S, READINESS_TIMEOUT_S, READINESS_FAILURES, scheme
         ),
         "securityContext": {
             "runAsNonRoot": True,
@@ -421,6 +434,10 @@ def _container(name: str, namespace: str, spec: ClusterSpec) -> dict[str, Any]:
             "capabilities": {"drop": ["ALL"]},
         },
     }
+    if spec.tls_secret_name:
+        container["volumeMounts"].append(
+            {"name": TLS_VOLUME, "mountPath": TLS_DIR, "readOnly": True}
+        )
     if spec.image_pull_policy is not None:
         container["imagePullPolicy"] = spec.image_pull_policy
     if spec.resources:
@@ -428,7 +445,7 @@ def _container(name: str, namespace: str, spec: ClusterSpec) -> dict[str, Any]:
     return container
 
 
-def _args(name: str, namespace: str) -> list[str]:
+def _args(name: str, namespace: str, *, tls: bool = False) -> list[str]:
     """The node's command line; $(VAR) is expanded by the kubelet from the container env."""
     options = {
         "--data-dir": DATA_DIR,
@@ -440,6 +457,10 @@ def _args(name: str, namespace: str) -> list[str]:
         "--seed": seed_address(name, namespace),
         "--config": f"{CONFIG_DIR}/{CONFIG_FILE}",
     }
+    if tls:
+        options["--tls-cert"] = f"{TLS_DIR}/tls.crt"
+        options["--tls-key"] = f"{TLS_DIR}/tls.key"
+        options["--tls-ca"] = f"{TLS_DIR}/ca.crt"
     return [part for option, value in options.items() for part in (option, value)]
 
 
@@ -451,9 +472,11 @@ def _secret_env(env: str, secret: str, key: str) -> dict[str, Any]:
     return {"name": env, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
 
 
-def _http_probe(path: str, period_s: int, timeout_s: int, failures: int) -> dict[str, Any]:
+def _http_probe(
+    path: str, period_s: int, timeout_s: int, failures: int, scheme: str = "HTTP"
+) -> dict[str, Any]:
     return {
-        "httpGet": {"path": path, "port": CLIENT_PORT_NAME, "scheme": "HTTP"},
+        "httpGet": {"path": path, "port": CLIENT_PORT_NAME, "scheme": scheme},
         "periodSeconds": period_s,
         "timeoutSeconds": timeout_s,
         "failureThreshold": failures,

@@ -341,14 +341,16 @@ async def _observe(
     status: Mapping[str, Any],
 ) -> tuple[Observed, str | None]:
     kube = svc.kube
-    sts_object, pod_objects, token = await asyncio.gather(
+    sts_object, pod_objects, token, ca_pem = await asyncio.gather(
         kube.get("StatefulSet", namespace, name),
         kube.list_objects("Pod", namespace, selector(name)),
         _cluster_token(kube, namespace, auth_secret_name(name, spec)),
+        _tls_ca(kube, namespace, spec.tls_secret_name),
     )
     sts = StatefulSetView.from_object(sts_object) if sts_object is not None else None
     pods = tuple(pod for obj in pod_objects if (pod := PodView.from_object(obj, name)) is not None)
     addresses = {pod.name: svc.nodes.address(name, namespace, pod.ordinal) for pod in pods}
+    svc.nodes.trust(addresses.values(), ca_pem)
     nodes: dict[str, NodeView] = {}
     for pod_name, raw in (await svc.nodes.statuses(addresses, token)).items():
         try:
@@ -370,6 +372,20 @@ async def _observe(
         operation=Operation.from_dict(status.get("operation")),
     )
     return observed, token
+
+
+async def _tls_ca(kube: Kube, namespace: str, secret: str | None) -> str | None:
+    """The CA (PEM) that signed the nodes' certificates, from spec.tls's Secret."""
+    if not secret:
+        return None
+    obj = await kube.get("Secret", namespace, secret)
+    encoded = ((obj or {}).get("data") or {}).get("ca.crt")
+    if not isinstance(encoded, str):
+        return None
+    try:
+        return base64.b64decode(encoded).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return None
 
 
 async def _cluster_token(kube: Kube, namespace: str, secret: str) -> str | None:

@@ -15,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable, Mapping, Sequence
+import ssl
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import aiohttp
@@ -46,6 +47,23 @@ class NodeAdmin:
         self._resolver = resolver
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._session: aiohttp.ClientSession | None = None
+        #: address -> SSL context, for clusters with spec.tls (their CA from the Secret)
+        self._tls: dict[str, ssl.SSLContext] = {}
+        self._contexts: dict[str, ssl.SSLContext] = {}
+
+    def trust(self, addresses: Iterable[str], ca_pem: str | None) -> None:
+        """Talk HTTPS to these node addresses, verifying them against `ca_pem` (None:
+        plain HTTP)."""
+        ctx = None
+        if ca_pem:
+            ctx = self._contexts.get(ca_pem)
+            if ctx is None:
+                ctx = self._contexts[ca_pem] = ssl.create_default_context(cadata=ca_pem)
+        for address in addresses:
+            if ctx is None:
+                self._tls.pop(address, None)
+            else:
+                self._tls[address] = ctx
 
     def address(self, name: str, namespace: str, ordinal: int) -> str:
         return self._resolver(name, namespace, ordinal)
@@ -68,9 +86,12 @@ class NodeAdmin:
         if body is not None:
             headers["Content-Type"] = "application/json"
             data = json.dumps(body).encode()
-        url = f"http://{address}{ADMIN}{path}"
+        ctx = self._tls.get(address)
+        url = f"{'https' if ctx else 'http'}://{address}{ADMIN}{path}"
         try:
-            async with self._client().request(method, url, data=data, headers=headers) as resp:
+            async with self._client().request(
+                method, url, data=data, headers=headers, ssl=ctx if ctx is not None else True
+            ) as resp:
                 raw = await resp.read()
                 status = resp.status
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:

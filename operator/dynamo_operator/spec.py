@@ -33,6 +33,12 @@ RETENTIONS: tuple[Retention, ...] = ("Retain", "Delete")
 DURABILITIES: tuple[Durability, ...] = ("sync", "wal")
 
 # Defaults and limits: the CRD's values, and the node's (dynamo_node.config) where shared.
+DEFAULT_MAX_KEY_BYTES = 1024
+DEFAULT_MAX_VALUE_BYTES = 1024 * 1024
+DEFAULT_MAX_CONCURRENT_REQUESTS = 1024
+MAX_KEY_BYTES = 65536
+MAX_VALUE_BYTES = 64 * 1024 * 1024
+MAX_CONCURRENT_REQUESTS = 100_000
 DEFAULT_REPLICAS = 3
 DEFAULT_IMAGE = "dynamokv/node:0.1.0"
 DEFAULT_N = 3
@@ -79,6 +85,16 @@ class Storage:
 
 
 @dataclass(frozen=True, slots=True)
+class Limits:
+    """Per-node input limits (NodeConfig key_max_bytes, value_max_bytes,
+    max_concurrent_requests)."""
+
+    max_key_bytes: int = DEFAULT_MAX_KEY_BYTES
+    max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES
+    max_concurrent_requests: int = DEFAULT_MAX_CONCURRENT_REQUESTS
+
+
+@dataclass(frozen=True, slots=True)
 class PvcRetention:
     """The StatefulSet's PVC retention policy; see the CRD's pvcRetention description."""
 
@@ -103,6 +119,8 @@ class ClusterSpec:
     storage: Storage = Storage()
     resources: JsonObject | None = field(default=None, hash=False)
     auth_secret_name: str | None = None
+    tls_secret_name: str | None = None
+    limits: Limits = Limits()
     anti_entropy_interval: str = DEFAULT_ANTI_ENTROPY_INTERVAL
     pod_anti_affinity: AntiAffinityPreset = "preferred"
     affinity: JsonObject | None = field(default=None, hash=False)
@@ -139,6 +157,8 @@ def parse_spec(spec: Mapping[str, Any] | None) -> ClusterSpec:
     anti_entropy = top.object("antiEntropy")
     retention = top.object("pvcRetention")
     auth = top.object("auth")
+    tls = top.object("tls")
+    limits = top.object("limits")
     return ClusterSpec(
         replicas=top.integer("replicas", DEFAULT_REPLICAS, low=0),
         image=top.string("image", DEFAULT_IMAGE),
@@ -155,6 +175,21 @@ def parse_spec(spec: Mapping[str, Any] | None) -> ClusterSpec:
         ),
         resources=_resources(top.optional_object("resources"), "spec.resources"),
         auth_secret_name=auth.optional_string("secretName", max_length=253),
+        tls_secret_name=tls.optional_string("secretName", max_length=253),
+        limits=Limits(
+            max_key_bytes=limits.integer(
+                "maxKeyBytes", DEFAULT_MAX_KEY_BYTES, low=1, high=MAX_KEY_BYTES
+            ),
+            max_value_bytes=limits.integer(
+                "maxValueBytes", DEFAULT_MAX_VALUE_BYTES, low=1, high=MAX_VALUE_BYTES
+            ),
+            max_concurrent_requests=limits.integer(
+                "maxConcurrentRequests",
+                DEFAULT_MAX_CONCURRENT_REQUESTS,
+                low=1,
+                high=MAX_CONCURRENT_REQUESTS,
+            ),
+        ),
         anti_entropy_interval=anti_entropy.string(
             "interval", DEFAULT_ANTI_ENTROPY_INTERVAL, max_length=MAX_STRING
         ),
@@ -239,6 +274,8 @@ def _validate(spec: ClusterSpec) -> None:
         raise SpecError("spec.storage.storageClassName", "must not be empty")
     if spec.auth_secret_name == "":
         raise SpecError("spec.auth.secretName", "must not be empty")
+    if spec.tls_secret_name == "":
+        raise SpecError("spec.tls.secretName", "must not be empty")
     interval = spec.anti_entropy_interval_s
     if interval < MIN_ANTI_ENTROPY_INTERVAL_S:
         raise SpecError("spec.antiEntropy.interval", "antiEntropy.interval must be at least 1s")

@@ -408,7 +408,41 @@ def test_configmap_holds_node_json() -> None:
         "anti_entropy_interval_s": 1800.0,
         "lww": False,
         "durability": "sync",
+        "key_max_bytes": 1024,
+        "value_max_bytes": 1048576,
+        "max_concurrent_requests": 2048,
     }
+
+
+def test_limits_and_tls_are_wired_from_the_spec() -> None:
+    spec = parse_spec(
+        {
+            "limits": {"maxKeyBytes": 512, "maxValueBytes": 65536, "maxConcurrentRequests": 64},
+            "tls": {"secretName": "demo-tls"},
+        }
+    )
+    node_json = json.loads(configmap(NAME, NS, UID, spec)["data"]["node.json"])
+    assert node_json["key_max_bytes"] == 512
+    assert node_json["value_max_bytes"] == 65536
+    assert node_json["max_concurrent_requests"] == 64
+    pod = _pod(spec)
+    (container,) = pod["containers"]
+    args = container["args"]
+    for flag, value in (
+        ("--tls-cert", "/etc/dynamokv-tls/tls.crt"),
+        ("--tls-key", "/etc/dynamokv-tls/tls.key"),
+        ("--tls-ca", "/etc/dynamokv-tls/ca.crt"),
+    ):
+        assert args[args.index(flag) + 1] == value
+    assert {"name": "tls", "mountPath": "/etc/dynamokv-tls", "readOnly": True} in container[
+        "volumeMounts"
+    ]
+    assert any(v.get("secret", {}).get("secretName") == "demo-tls" for v in pod["volumes"])
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"]["scheme"] == "HTTPS"
+    plain = _pod(parse_spec({}))["containers"][0]
+    assert "--tls-cert" not in plain["args"]
+    assert plain["readinessProbe"]["httpGet"]["scheme"] == "HTTP"
 
 
 @pytest.mark.parametrize("spec", list(SPECS.values()), ids=list(SPECS))

@@ -112,6 +112,7 @@ RESTATED = {
     ("imagePullPolicy",): {"enum"},
     ("storage", "storageClassName"): {"minLength"},
     ("auth", "secretName"): {"minLength"},
+    ("tls", "secretName"): {"minLength"},  # "" means unset, as for auth
     # int-or-string quantities: the CRD's anyOf carries the pattern on the string branch
     ("resources",): set(),
 }
