@@ -126,3 +126,86 @@ def test_default_resolver_is_the_pod_dns_name() -> None:
         NodeAdmin(lambda name, ns, i: f"127.0.0.1:{9000 + i}").address("demo", "kv", 1)
         == "127.0.0.1:9001"
     )
+
+
+def _certs(root: Any) -> tuple[str, str, str]:
+    import subprocess
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=root)
+
+    run(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=ca",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    )
+    run(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "node.key",
+        "-out",
+        "node.csr",
+    )
+    (root / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    run(
+        "x509",
+        "-req",
+        "-in",
+        "node.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "node.pem",
+    )
+    return str(root / "node.pem"), str(root / "node.key"), (root / "ca.pem").read_text()
+
+
+async def test_tls_nodes_are_called_over_https_and_verified(tmp_path: Any) -> None:
+    import ssl
+
+    cert, key, ca_pem = _certs(tmp_path)
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    fake = FakeNode()
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", fake.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    site = web.TCPSite(runner, "127.0.0.1", port, ssl_context=ctx)
+    await site.start()
+    admin = NodeAdmin()
+    address = f"127.0.0.1:{port}"
+    try:
+        with pytest.raises(NodeUnreachable):  # plain HTTP to a TLS port
+            await admin.status(address, None)
+        admin.trust([address], ca_pem)
+        assert (await admin.status(address, None))["node"] == "demo-0"
+        admin.trust([address], None)  # back to plain HTTP
+        with pytest.raises(NodeUnreachable):
+            await admin.status(address, None)
+    finally:
+        await admin.close()
+        await runner.cleanup()
