@@ -37,15 +37,7 @@ def load(c: Cluster, node: NodeProc, keys: list[str]) -> None:
 
 
 def ae_pass(c: Cluster, node: NodeProc) -> dict[str, object]:
-    job = c.admin(node, "POST", "anti-entropy")["job"]
-
-    def finished() -> dict[str, object] | None:
-        state = c.admin(node, "GET", f"jobs/{job}")
-        return None if state["state"] == "running" else dict(state)
-
-    result = wait_for(finished, 600, what="anti-entropy job")
-    assert result is not None
-    return result
+    return c.anti_entropy(node)
 
 
 def diverge(c: Cluster, nodes: list[NodeProc], d: int, tag: str) -> None:

@@ -218,6 +218,18 @@ class Cluster:
     def status(self, node: NodeProc) -> dict[str, Any]:
         return dict(self.admin(node, "GET", "status"))
 
+    def anti_entropy(self, node: NodeProc, timeout: float = 300.0) -> dict[str, Any]:
+        """Run one full anti-entropy pass coordinated by `node`; return the finished job."""
+        job = self.admin(node, "POST", "anti-entropy")["job"]
+
+        def finished() -> dict[str, Any] | None:
+            state = self.admin(node, "GET", f"jobs/{job}")
+            return None if state["state"] == "running" else dict(state)
+
+        result = wait_for(finished, timeout, interval=0.1, what=f"anti-entropy on {node.node_id}")
+        assert result is not None
+        return result
+
     # --- faults ---------------------------------------------------------------------
     def kill(self, node: NodeProc) -> None:
         if node.alive():

@@ -18,7 +18,7 @@ from typing import Any
 
 from dynamo_node.config import PEER_PORT_OFFSET
 from tests.fault.netns import Netns
-from tests.harness import Cluster, NodeProc, free_port, wait_for
+from tests.harness import Cluster, NodeProc, free_port
 
 NODE_PORT = 7070
 #: an anti-entropy pass over a few thousand keys takes well under this
@@ -120,15 +120,10 @@ class FaultCluster(Cluster):
     def ring(self, node: NodeProc) -> dict[str, Any]:
         return dict(self.admin(node, "GET", "ring"))
 
-    def anti_entropy(self, node: NodeProc, timeout: float = ANTI_ENTROPY_TIMEOUT_S) -> Any:
-        """Run one full anti-entropy pass coordinated by `node`; return the finished job."""
-        job = self.admin(node, "POST", "anti-entropy")["job"]
-
-        def finished() -> Any:
-            state = self.admin(node, "GET", f"jobs/{job}")
-            return state if state["state"] != "running" else None
-
-        return wait_for(finished, timeout, interval=0.1, what=f"anti-entropy job on {node.node_id}")
+    def anti_entropy(
+        self, node: NodeProc, timeout: float = ANTI_ENTROPY_TIMEOUT_S
+    ) -> dict[str, Any]:
+        return super().anti_entropy(node, timeout)
 
     def hints_pending(self) -> int:
         return sum(int(self.status(n)["hints_pending"]) for n in self.nodes)

@@ -142,15 +142,7 @@ def test_killed_and_paused_nodes_seen_down_within_5s(procs: Cluster) -> None:
 
 
 def _ae_pass(c: Cluster, node: NodeProc) -> dict[str, object]:
-    job = c.admin(node, "POST", "anti-entropy")["job"]
-
-    def finished() -> dict[str, object] | None:
-        state = c.admin(node, "GET", f"jobs/{job}")
-        return None if state["state"] == "running" else dict(state)
-
-    result = wait_for(finished, 120, what="anti-entropy job")
-    assert result is not None
-    return result
+    return c.anti_entropy(node)
 
 
 def _diverge(c: Cluster, nodes: list[NodeProc], count: int, prefix: str) -> list[str]:

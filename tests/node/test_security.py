@@ -7,7 +7,6 @@ import json
 import socket
 import ssl
 import struct
-import subprocess
 import time
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import msgpack
 import pytest
 
 from dynamo_node.client import AuthError, DynamoClient
+from tests.certs import make_certs
 from tests.harness import Cluster, cluster, http, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
@@ -85,62 +85,10 @@ def test_internal_port_requires_the_cluster_token(secured: Cluster) -> None:
     assert b"ok" in reply and b"n0" in reply  # the hello and then the ping answered
 
 
-def _make_certs(root: Path) -> tuple[Path, Path, Path]:
-    def run(*args: str) -> None:
-        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=root)
-
-    run(
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=dynamokv-ca",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-    )
-    run(
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-subj",
-        "/CN=127.0.0.1",
-        "-keyout",
-        "node.key",
-        "-out",
-        "node.csr",
-    )
-    (root / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    run(
-        "x509",
-        "-req",
-        "-in",
-        "node.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-extfile",
-        "ext.cnf",
-        "-out",
-        "node.pem",
-    )
-    return root / "node.pem", root / "node.key", root / "ca.pem"
-
-
 def test_tls_for_clients_and_peers(tmp_path: Path) -> None:
     certs = tmp_path / "certs"
     certs.mkdir()
-    cert, key, ca = _make_certs(certs)
+    cert, key, ca = make_certs(certs)
     tls = ("--tls-cert", str(cert), "--tls-key", str(key), "--tls-ca", str(ca))
     with cluster(tmp_path) as c:
         c.scheme = "https"

@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestServer
 from dynamo_operator.builders import node_address
 from dynamo_operator.errors import NodeError, NodeUnreachable
 from dynamo_operator.nodes import NodeAdmin, default_resolver
+from tests.certs import make_certs
 from tests.harness import free_port
 
 
@@ -128,64 +129,11 @@ def test_default_resolver_is_the_pod_dns_name() -> None:
     )
 
 
-def _certs(root: Any) -> tuple[str, str, str]:
-    import subprocess
-
-    def run(*args: str) -> None:
-        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=root)
-
-    run(
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=ca",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-    )
-    run(
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-subj",
-        "/CN=127.0.0.1",
-        "-keyout",
-        "node.key",
-        "-out",
-        "node.csr",
-    )
-    (root / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
-    run(
-        "x509",
-        "-req",
-        "-in",
-        "node.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-extfile",
-        "ext.cnf",
-        "-out",
-        "node.pem",
-    )
-    return str(root / "node.pem"), str(root / "node.key"), (root / "ca.pem").read_text()
-
-
 async def test_tls_nodes_are_called_over_https_and_verified(tmp_path: Any) -> None:
     import ssl
 
-    cert, key, ca_pem = _certs(tmp_path)
+    cert, key, ca = make_certs(tmp_path)
+    ca_pem = ca.read_text()
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(cert, key)
     fake = FakeNode()
