@@ -26,7 +26,7 @@ from .config import NodeConfig
 from .errors import PeerError, QuorumNotMet
 from .hints import HintStore
 from .quorum import effective
-from .ring import key_hash
+from .storage import skey_hash
 from .transport import Transport
 from .vclock import VClock
 from .versions import Object, sync, sync_all
@@ -176,7 +176,7 @@ class Coordinator:
         loop = asyncio.get_running_loop()
         timeout = timeout_ms / 1000
         deadline = loop.time() + timeout
-        placement = self.view.placement(key_hash(skey[8:]))
+        placement = self.view.placement(skey_hash(skey))
         need = effective(r, self.config.r, placement.n)
         replies: dict[str, Object] = {}
         futures: dict[str, asyncio.Future[Any]] = {}
@@ -263,7 +263,7 @@ class Coordinator:
     ) -> Object:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_ms / 1000
-        placement = self.view.placement(key_hash(skey[8:]))
+        placement = self.view.placement(skey_hash(skey))
         need = effective(w, self.config.w, placement.n)
         targets = list(placement.targets)
         if not targets:

@@ -37,8 +37,8 @@ from .hints import HintStore
 from .liveness import FailureDetector
 from .membership import ClusterState, Member
 from .replica import Replica
-from .ring import key_hash, partition_of
-from .storage import Family, Storage
+from .ring import partition_of
+from .storage import Family, Storage, skey_hash
 from .tls import client_context, server_context
 from .transport import Transport
 from .transport_tcp import RpcServer, TcpTransport
@@ -275,7 +275,7 @@ class Node:
     def replicates(self, skey: bytes) -> list[str]:
         """The nodes that should hold this key now (effective preference list + gaining)."""
         state = self.require_state()
-        p = partition_of(key_hash(skey[8:]), state.partitions)
+        p = partition_of(skey_hash(skey), state.partitions)
         return state.preference_list(p) + state.gaining(p)
 
     # --- this node's replica, for the coordinator (coordinator.LocalReplica) ------------

@@ -38,6 +38,11 @@ def storage_key(key: str) -> bytes:
     return key_hash(raw).to_bytes(8, "big") + raw
 
 
+def skey_hash(skey: bytes) -> int:
+    """The key hash a storage key starts with (no need to hash the key again)."""
+    return int.from_bytes(skey[:8], "big")
+
+
 def user_key(skey: bytes) -> str:
     return skey[8:].decode()
 
