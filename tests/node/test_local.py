@@ -3,6 +3,7 @@ it; re-running on the same data dir restarts the same cluster with its data."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -78,10 +79,20 @@ def _gone(pid: int) -> bool:
     return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
 
 
+def _reap(pids: list[int]) -> None:
+    """Kill node processes still alive (if dynamoctl local itself was killed, its
+    children would otherwise outlive the test)."""
+    for pid in pids:
+        if not _gone(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
 def test_local_cluster_runs_stops_and_restarts_with_its_data(tmp_path: Path) -> None:
     base = _free_base(3)
     data = tmp_path / "data"
     proc = _start(base, data)
+    pids: list[int] = []
     try:
         lines = _wait_running(proc)
         pids = _pids(lines)
@@ -104,10 +115,12 @@ def test_local_cluster_runs_stops_and_restarts_with_its_data(tmp_path: Path) -> 
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        _reap(pids)
     # the same command on the same data dir: same cluster, same data
     proc = _start(base, data)
+    pids = []
     try:
-        _wait_running(proc)
+        pids = _pids(_wait_running(proc))
         for i in range(20):
             status, _, body = http("GET", f"http://127.0.0.1:{base + (i + 1) % 3}/v1/kv/key{i}?r=3")
             assert (status, body) == (200, f"v{i}".encode())
@@ -117,3 +130,4 @@ def test_local_cluster_runs_stops_and_restarts_with_its_data(tmp_path: Path) -> 
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        _reap(pids)
