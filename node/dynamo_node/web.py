@@ -15,7 +15,6 @@ import hmac
 import json
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import unquote_to_bytes
@@ -257,7 +256,6 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
 class AdminHandlers:
     def __init__(self, node: Node) -> None:
         self.node = node
-        self.jobs: dict[str, dict[str, Any]] = {}
 
     async def status(self, request: web.Request) -> web.Response:
         return web.json_response(self.node.status())
@@ -311,18 +309,14 @@ class AdminHandlers:
         )
 
     async def anti_entropy(self, request: web.Request) -> web.Response:
-        starter = getattr(self.node, "start_anti_entropy", None)
-        if starter is None:
-            raise Unavailable("anti-entropy is not available on this node")
-        job_id = starter()
+        job_id = self.node.start_anti_entropy()
         return web.json_response({"job": job_id}, status=202)
 
     async def job(self, request: web.Request) -> web.Response:
-        jobs = getattr(self.node, "jobs", {})
-        job = jobs.get(request.match_info["job_id"])
+        job = self.node.jobs.get(request.match_info["job_id"])
         if job is None:
             raise NotFound("no such job")
-        return web.json_response(job.to_dict() if hasattr(job, "to_dict") else job)
+        return web.json_response(job.to_dict())
 
 
 # --- health, metrics, docs ----------------------------------------------------------------
@@ -374,7 +368,3 @@ def build_app(node: Node, metrics: Metrics | None = None) -> web.Application:
     r.add_get("/metrics", metrics_handler)
     r.add_get("/openapi.json", openapi)
     return app
-
-
-def new_job_id() -> str:
-    return uuid.uuid4().hex[:16]

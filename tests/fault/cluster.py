@@ -29,16 +29,6 @@ ANTI_ENTROPY_TIMEOUT_S = 60.0
 class NetNodeProc(NodeProc):
     """A node listening on `host` (a 127.77.0.x address inside its namespace)."""
 
-    host: str = "127.0.0.1"
-
-    @property
-    def address(self) -> str:
-        return f"{self.host}:{self.port}"
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
 
 def peer_address(node: NodeProc) -> tuple[str, int]:
     """Where `node` serves the node-to-node protocol (no --peer-port is ever passed)."""
