@@ -10,6 +10,7 @@ garbage, so a corrupted record or a hostile peer cannot crash a node.
 from __future__ import annotations
 
 import hashlib
+import threading
 from typing import Any
 
 import msgpack
@@ -19,6 +20,18 @@ from .versions import Object, Sibling
 
 FORMAT = 1
 
+_local = threading.local()
+
+
+def pack(obj: Any) -> bytes:
+    """msgpack bytes of `obj` (bin type on), with one reused Packer per thread: packb
+    builds and frees a Packer and its buffer on every call."""
+    try:
+        packer = _local.packer
+    except AttributeError:
+        packer = _local.packer = msgpack.Packer(use_bin_type=True)
+    return packer.pack(obj)  # type: ignore[no-any-return]
+
 
 class CodecError(ValueError):
     """Bytes that are not a valid encoding."""
@@ -27,7 +40,7 @@ class CodecError(ValueError):
 def clock_to_wire(clock: VClock) -> list[Any]:
     flat: list[Any] = []
     for actor, counter, ts in clock.items():  # sorted by actor: equal clocks, equal bytes
-        flat.extend((actor, counter, ts))
+        flat += (actor, counter, ts)
     return flat
 
 
@@ -35,6 +48,8 @@ def clock_from_wire(flat: Any, pruned: bool = False) -> VClock:
     if not isinstance(flat, list) or len(flat) % 3:
         raise CodecError("clock must be a flat list of (actor, counter, ts) triples")
     entries: dict[str, tuple[int, int]] = {}
+    previous = ""
+    ordered = True
     for i in range(0, len(flat), 3):
         actor, counter, ts = flat[i], flat[i + 1], flat[i + 2]
         if not isinstance(actor, str) or not actor:
@@ -44,6 +59,10 @@ def clock_from_wire(flat: Any, pruned: bool = False) -> VClock:
         if actor in entries:
             raise CodecError("duplicate actor in clock")
         entries[actor] = (counter, ts)
+        ordered = ordered and actor > previous
+        previous = actor
+    if ordered:  # what clock_to_wire writes: no need to sort again
+        return VClock._sorted(entries, bool(pruned))
     return VClock(entries, pruned=bool(pruned))
 
 
@@ -83,11 +102,19 @@ def object_from_wire(raw: Any) -> Object:
         raise CodecError("unknown object format")
     if not isinstance(raw[1], list):
         raise CodecError("siblings must be a list")
+    if len(raw[1]) == 1:  # the common case: nothing to deduplicate or order
+        return Object((sibling_from_wire(raw[1][0]),))
     return Object.of(sibling_from_wire(s) for s in raw[1])
 
 
 def encode_object(obj: Object) -> bytes:
-    return msgpack.packb(object_to_wire(obj), use_bin_type=True)  # type: ignore[no-any-return]
+    """The canonical encoding (computed once per object: a write stores it and sends the
+    same bytes to the other replicas)."""
+    cached = obj.wire_cache
+    if cached is None:
+        cached = pack(object_to_wire(obj))
+        object.__setattr__(obj, "wire_cache", cached)
+    return cached
 
 
 def decode_object(data: bytes) -> Object:

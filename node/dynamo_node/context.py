@@ -16,7 +16,7 @@ import hmac
 
 import msgpack
 
-from .codec import CodecError, clock_from_wire, clock_to_wire
+from .codec import CodecError, clock_from_wire, clock_to_wire, pack
 from .errors import InvalidContext
 from .vclock import VClock
 
@@ -28,14 +28,18 @@ MAX_CONTEXT_CHARS = 16 * 1024
 
 class ContextCodec:
     def __init__(self, secret: str = "") -> None:
-        self._key = secret.encode() if secret else DEFAULT_KEY
+        key = secret.encode() if secret else DEFAULT_KEY
+        # keyed BLAKE2b is a MAC by design (no HMAC construction needed) and fast; the
+        # keyed state is set up once and copied per message
+        self._keyed = hashlib.blake2b(key=key[:64], digest_size=MAC_BYTES)
 
     def _mac(self, payload: bytes) -> bytes:
-        # keyed BLAKE2b is a MAC by design (no HMAC construction needed) and fast
-        return hashlib.blake2b(payload, key=self._key[:64], digest_size=MAC_BYTES).digest()
+        h = self._keyed.copy()
+        h.update(payload)
+        return h.digest()
 
     def encode(self, clock: VClock) -> str:
-        payload = VERSION + msgpack.packb([clock_to_wire(clock), clock.pruned], use_bin_type=True)
+        payload = VERSION + pack([clock_to_wire(clock), clock.pruned])
         return base64.urlsafe_b64encode(payload + self._mac(payload)).rstrip(b"=").decode()
 
     def decode(self, text: str | None) -> VClock:

@@ -17,11 +17,12 @@ from aiohttp import web
 
 from .config import NodeConfig
 from .errors import DynamoError
+from .http1 import KvServer
 from .metrics import Metrics
 from .node import Node
 from .storage_rocks import RocksStorage
 from .tls import server_context
-from .web import build_app
+from .web import ADMISSION_KEY, API_KEY, AUTH_KEY, build_app
 
 log = logging.getLogger("dynamo.main")
 
@@ -152,13 +153,14 @@ async def serve(config: NodeConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    kv: KvServer | None = None
     try:
         await node.start()
         await runner.setup()
-        site = web.TCPSite(
-            runner, config.host, config.port, reuse_address=True, ssl_context=server_context(config)
-        )
-        await site.start()
+        assert runner.server is not None
+        # the client port: the lean server for /v1/kv, aiohttp (runner.server) for the rest
+        kv = KvServer(app[API_KEY], app[AUTH_KEY], app[ADMISSION_KEY], metrics, runner.server)
+        await kv.start(config.host, config.port, ssl=server_context(config))
         log.info(
             "dynamo-node %s ready on %s://%s (peer port %d, data %s, durability %s)",
             node.node_id,
@@ -171,11 +173,13 @@ async def serve(config: NodeConfig) -> None:
         await stop.wait()
         log.info("stopping")
     finally:
-        await _shutdown(runner, node)
+        await _shutdown(kv, runner, node)
 
 
-async def _shutdown(runner: web.AppRunner, node: Node) -> None:
+async def _shutdown(kv: KvServer | None, runner: web.AppRunner, node: Node) -> None:
     """Stop serving, stop the node, close RocksDB; never hang past STOP_DEADLINE_S."""
+    if kv is not None:
+        await kv.stop(SHUTDOWN_TIMEOUT_S)
     try:
         await asyncio.wait_for(runner.cleanup(), SHUTDOWN_TIMEOUT_S + 1)
     except TimeoutError:

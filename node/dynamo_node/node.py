@@ -236,15 +236,21 @@ class Node:
     def report_alive(self, node: str) -> None:
         self.detector.heard(node, self.monotonic())
 
-    def placement(self, h: int) -> Placement:
-        state = self.require_state()
-        p = partition_of(h, state.partitions)
+    def _lists(
+        self, state: ClusterState, p: int
+    ) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+        """(preference list, the rest of the walk, gaining nodes) of partition p, cached
+        until the state changes."""
         cached = self._placements.get(p)
         if cached is None:
             pl = tuple(state.preference_list(p))
             rest = tuple(node for node in state.walk(p) if node not in pl)
             cached = self._placements[p] = (pl, rest, tuple(state.gaining(p)))
-        primaries, walk_rest, gaining = cached
+        return cached
+
+    def placement(self, h: int) -> Placement:
+        state = self.require_state()
+        primaries, walk_rest, gaining = self._lists(state, partition_of(h, state.partitions))
         targets: list[tuple[str, str | None]] = []
         unplaced: list[str] = []
         fallbacks = list(walk_rest)
@@ -275,8 +281,8 @@ class Node:
     def replicates(self, skey: bytes) -> list[str]:
         """The nodes that should hold this key now (effective preference list + gaining)."""
         state = self.require_state()
-        p = partition_of(skey_hash(skey), state.partitions)
-        return state.preference_list(p) + state.gaining(p)
+        primaries, _, gaining = self._lists(state, partition_of(skey_hash(skey), state.partitions))
+        return [*primaries, *gaining]
 
     # --- this node's replica, for the coordinator (coordinator.LocalReplica) ------------
     def read(self, skey: bytes) -> Object:
@@ -286,6 +292,13 @@ class Node:
             for obj in self.hints.for_key(skey):
                 local = sync(local, obj, lww=self.config.lww).obj
         return local
+
+    def read_encoded(self, skey: bytes) -> bytes | None:
+        """`read`, encoded: the stored bytes as they are unless hints are held for it."""
+        if not self.hints.pending:
+            return self.replica.read_encoded(skey)
+        local = self.read(skey)
+        return None if local.empty else encode_object(local)
 
     def put(
         self,
@@ -362,11 +375,7 @@ class Node:
         return raw
 
     def _rpc_get(self, args: Any) -> bytes | None:
-        skey = self._skey(args[0])
-        if not self.hints.pending:
-            return self.replica.read_encoded(skey)  # the stored bytes as they are
-        local = self.read(skey)
-        return None if local.empty else encode_object(local)
+        return self.read_encoded(self._skey(args[0]))
 
     def _rpc_put(self, args: Any) -> bytes:
         skey = self._skey(args[0])

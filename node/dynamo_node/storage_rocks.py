@@ -28,6 +28,8 @@ log = logging.getLogger("dynamo.storage")
 
 BLOCK_CACHE_BYTES = 64 * 1024 * 1024
 BLOOM_BITS_PER_KEY = 10
+#: share of the memtable's size given to its bloom filter
+MEMTABLE_BLOOM_RATIO = 0.05
 
 
 def _options() -> Options:
@@ -42,6 +44,10 @@ def _options() -> Options:
     table.set_block_cache(Cache(BLOCK_CACHE_BYTES))
     table.set_cache_index_and_filter_blocks(True)
     opts.set_block_based_table_factory(table)
+    # and a bloom filter over the memtable's keys: a write of a new key (its read misses)
+    # skips the skiplist search
+    opts.set_memtable_whole_key_filtering(True)
+    opts.set_memtable_prefix_bloom_ratio(MEMTABLE_BLOOM_RATIO)
     return opts
 
 

@@ -22,6 +22,7 @@ from typing import Any, cast
 
 import msgpack
 
+from .codec import pack
 from .errors import DynamoError, PeerError
 from .transport import Handler, RemoteError
 
@@ -33,7 +34,7 @@ HELLO = "hello"
 
 
 def _pack(obj: Any) -> bytes:
-    body: bytes = msgpack.packb(obj, use_bin_type=True)
+    body = pack(obj)
     return _LEN.pack(len(body)) + body
 
 
@@ -58,23 +59,46 @@ class _Framer:
         return out
 
 
+class _Output:
+    """Frames written during one event-loop iteration leave in one `write` at its end:
+    under load a peer connection carries many calls at once, and a system call per
+    frame would cost more than the frames themselves."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._frames: list[bytes] = []
+        self.transport: asyncio.Transport | None = None
+
+    def add(self, frame: bytes) -> None:
+        if not self._frames:
+            self._loop.call_soon(self.flush)
+        self._frames.append(frame)
+
+    def flush(self) -> None:
+        frames, self._frames = self._frames, []
+        transport = self.transport
+        if frames and transport is not None and not transport.is_closing():
+            transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
+
+
 # --- server ------------------------------------------------------------------------
 class _ServerProtocol(asyncio.Protocol):
     def __init__(self, server: RpcServer) -> None:
         self._server = server
         self._framer = _Framer()
         self._transport: asyncio.Transport | None = None
+        self._out = _Output(asyncio.get_running_loop())
         self._peer: str | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement the interface without subclassing it
-        self._transport = cast(asyncio.Transport, transport)
+        self._transport = self._out.transport = cast(asyncio.Transport, transport)
         self._server.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._server.connections.discard(self)
-        self._transport = None
+        self._transport = self._out.transport = None
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -140,8 +164,8 @@ class _ServerProtocol(asyncio.Protocol):
         self._send(reply)
 
     def _send(self, obj: Any) -> None:
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.write(_pack(obj))
+        if self._transport is not None:
+            self._out.add(_pack(obj))
 
     def close(self) -> None:
         if self._transport is not None:
@@ -196,16 +220,19 @@ class _ClientProtocol(asyncio.Protocol):
         self._framer = _Framer()
         self.transport: asyncio.Transport | None = None
         self.pending: dict[int, asyncio.Future[Any]] = {}
-        self.closed = asyncio.get_running_loop().create_future()
+        # looked up once: get_running_loop() costs a getpid() syscall per call on 3.11
+        self.loop = asyncio.get_running_loop()
+        self._out = _Output(self.loop)
+        self.closed = self.loop.create_future()
         #: loop time of the last bytes received: a timed-out call on a connection that
         #: has been silent since it was sent means the connection is dead, not slow
-        self.last_recv = asyncio.get_running_loop().time()
+        self.last_recv = self.loop.time()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
+        self.transport = self._out.transport = cast(asyncio.Transport, transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.transport = None
+        self.transport = self._out.transport = None
         err = PeerError(f"{self.node}: connection lost")
         for fut in self.pending.values():
             if not fut.done():
@@ -215,7 +242,7 @@ class _ClientProtocol(asyncio.Protocol):
             self.closed.set_result(None)
 
     def data_received(self, data: bytes) -> None:
-        self.last_recv = asyncio.get_running_loop().time()
+        self.last_recv = self.loop.time()
         try:
             frames = self._framer.feed(data)
         except Exception:
@@ -236,12 +263,12 @@ class _ClientProtocol(asyncio.Protocol):
                 fut.set_exception(RemoteError(str(code), str(message)))
 
     def send(self, msg_id: int, method: str, args: Any) -> asyncio.Future[Any]:
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[Any] = self.loop.create_future()
         if self.transport is None or self.transport.is_closing():
             fut.set_exception(PeerError(f"{self.node}: not connected"))
             return fut
         self.pending[msg_id] = fut
-        self.transport.write(_pack([msg_id, method, args]))
+        self._out.add(_pack([msg_id, method, args]))
         return fut
 
 
@@ -330,7 +357,7 @@ class TcpTransport:
         conn = self._conns.get(node)
         if conn is None or conn.transport is None or conn.transport.is_closing():
             return asyncio.ensure_future(self.call(node, method, args, timeout))
-        loop = asyncio.get_running_loop()
+        loop = conn.loop
         self._next_id += 1
         msg_id = self._next_id
         self.calls += 1

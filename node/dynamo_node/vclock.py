@@ -40,6 +40,14 @@ class VClock:
         self.pruned = pruned
 
     @classmethod
+    def _sorted(cls, entries: dict[str, tuple[int, int]], pruned: bool) -> VClock:
+        """A clock over `entries` that are already sorted by actor (taken, not copied)."""
+        clock = cls.__new__(cls)
+        clock._entries = entries
+        clock.pruned = pruned
+        return clock
+
+    @classmethod
     def of(cls, counters: Mapping[str, int], timestamp_ms: int = 0) -> VClock:
         return cls({a: (c, timestamp_ms) for a, c in counters.items() if c > 0})
 
@@ -78,6 +86,8 @@ class VClock:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, VClock):
             return NotImplemented
+        if self._entries == other._entries:  # the common case, without building dicts
+            return True
         return self.counters() == other.counters()
 
     def __hash__(self) -> int:
@@ -92,20 +102,31 @@ class VClock:
         """Pointwise maximum (the join of the two histories)."""
         if not other._entries:
             return self if not other.pruned or self.pruned else VClock(self._entries, pruned=True)
+        if not self._entries:
+            return other if other.pruned or not self.pruned else VClock(other._entries, pruned=True)
         out = dict(self._entries)
+        added = False
         for actor, entry in other._entries.items():
             mine = out.get(actor)
-            if mine is None or entry[0] > mine[0] or (entry[0] == mine[0] and entry[1] > mine[1]):
+            if mine is None:
+                added = True
                 out[actor] = entry
-        return VClock(out, pruned=self.pruned or other.pruned)
+            elif entry[0] > mine[0] or (entry[0] == mine[0] and entry[1] > mine[1]):
+                out[actor] = entry
+        if added:  # new actors were appended: restore the canonical order
+            out = dict(sorted(out.items()))
+        return VClock._sorted(out, self.pruned or other.pruned)
 
     def add(self, dot: Dot, timestamp_ms: int) -> VClock:
         """This clock with `dot` seen."""
         if self.covers(dot):
             return self
         out = dict(self._entries)
+        known = dot.actor in out
         out[dot.actor] = (dot.counter, timestamp_ms)
-        return VClock(out, pruned=self.pruned)
+        if not known and len(out) > 1 and dot.actor < next(reversed(self._entries)):
+            out = dict(sorted(out.items()))
+        return VClock._sorted(out, self.pruned)
 
     def prune(self, max_entries: int, now_ms: int, min_age_ms: int) -> VClock:
         """Drop the oldest entries beyond `max_entries`, but never one younger than

@@ -21,7 +21,7 @@ Operations and their algebra (property-tested in tests/node/test_versions.py):
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .vclock import Dot, VClock, join
 
@@ -63,6 +63,8 @@ class Object:
     """All current versions of one key, ordered by dot (a canonical form)."""
 
     siblings: tuple[Sibling, ...] = ()
+    #: its encoding, kept by `codec.encode_object` once computed (the object is immutable)
+    wire_cache: bytes | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def of(cls, siblings: Iterable[Sibling]) -> Object:
@@ -81,6 +83,8 @@ class Object:
 
     def context(self) -> VClock:
         """One clock covering every sibling: a put with it resolves them all."""
+        if len(self.siblings) == 1:
+            return self.siblings[0].clock()
         return join(s.clock() for s in self.siblings)
 
     def visible(self) -> tuple[Sibling, ...]:
@@ -97,8 +101,9 @@ class Object:
 @dataclass(frozen=True, slots=True)
 class SyncResult:
     obj: Object
-    #: siblings kept only because a pruned clock no longer names their actor: they may
-    #: be ancestors resurrected by pruning. Surfaced (metric + log), never dropped.
+    #: siblings kept beside a sibling whose past was pruned (which cannot prove them
+    #: concurrent): they may be ancestors resurrected by pruning. Surfaced (metric +
+    #: log), never dropped.
     prune_suspects: int = 0
 
 
@@ -117,13 +122,11 @@ def sync(a: Object, b: Object, *, lww: bool = False) -> SyncResult:
     if lww:
         return SyncResult(Object(_lww(union)))
     kept = tuple(s for s in union if not _obsolete(s, union))
-    suspects = sum(
-        1
-        for s in kept
-        for t in kept
-        # wall clocks can be skewed, so timestamps cannot rule a suspect out
-        if t is not s and t.past.pruned and t.past.counter(s.dot.actor) == 0
-    )
+    # a pruned past cannot prove that a sibling it does not cover is concurrent rather
+    # than an ancestor: the pruned entry may have been re-added lower by a merge with an
+    # older clock, and wall clocks can be skewed, so neither a named actor nor a
+    # timestamp rules a suspect out
+    suspects = sum(1 for s in kept for t in kept if t is not s and t.past.pruned)
     return SyncResult(Object(kept), suspects)
 
 

@@ -1,63 +1,65 @@
-"""The HTTP edge of a node (aiohttp): the client API, the admin API, health, metrics.
+"""The aiohttp application of a node: admin API, health, metrics, docs, and the key-value
+routes for the requests the lean data-path server (`http1`) hands over.
 
 Contract: DESIGN.md §5. Every error is `{"error": {"code", "message"}}`; `DynamoError`
-subclasses map to their status here and nowhere else. Keys are taken from the raw path
-and percent-decoded once, so any UTF-8 key (with `/`) round-trips. Request bodies are
-read incrementally with a cap: an oversized value is refused with 413 without being
-buffered whole.
+subclasses map to their status in `kvapi.error_reply` and nowhere else. Keys are taken
+from the raw path and percent-decoded once, so any UTF-8 key (with `/`) round-trips.
+Request bodies are read incrementally with a cap: an oversized value is refused with 413
+without being buffered whole.
 """
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import hmac
 import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import unquote_to_bytes
 
 from aiohttp import web
 
 from .context import ContextCodec
 from .errors import (
     DynamoError,
-    Forbidden,
-    InvalidKey,
     InvalidRequest,
     NotFound,
     PayloadTooLarge,
-    QuorumNotMet,
-    Unauthorized,
     Unavailable,
+)
+from .kvapi import (
+    CONTEXT_HEADER,
+    Admission,
+    Authorizer,
+    KvApi,
+    Reply,
+    error_reply,
+    json_reply,
+    scope_of,
 )
 from .metrics import Metrics
 from .node import Node
 from .openapi import openapi_document
-from .quorum import parse_quorum, parse_timeout_ms
-from .storage import storage_key
 
 log = logging.getLogger("dynamo.web")
 
-CONTEXT_HEADER = "X-Dynamo-Context"
-DEFAULT_CONTENT_TYPE = "application/octet-stream"
-KV_PREFIX = "/v1/kv/"
 #: any character, newlines included (keys are arbitrary UTF-8; parsed from the raw path)
 KV_ROUTE = "/v1/kv/{key:[\\s\\S]+}"
 
 NODE_KEY = web.AppKey("node", Node)
 METRICS_KEY = web.AppKey("metrics", Metrics)
-CODEC_KEY = web.AppKey("codec", ContextCodec)
+API_KEY = web.AppKey("kv-api", KvApi)
+AUTH_KEY = web.AppKey("auth", Authorizer)
+ADMISSION_KEY = web.AppKey("admission", Admission)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def error_response(status: int, code: str, message: str, **extra: Any) -> web.Response:
-    body: dict[str, Any] = {"code": code, "message": message}
-    body.update(extra)
-    return web.json_response({"error": body}, status=status)
+def to_response(reply: Reply) -> web.Response:
+    return web.Response(status=reply.status, body=reply.body, headers=reply.headers)
+
+
+def error_response(status: int, code: str, message: str) -> web.Response:
+    return to_response(json_reply(status, {"error": {"code": code, "message": message}}))
 
 
 # --- middleware: errors, auth, limits, metrics --------------------------------------------
@@ -66,57 +68,21 @@ def _route_name(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
-def _scope(path: str) -> str:
-    if path.startswith("/v1/kv/") or path == "/v1/kv":
-        return "client"
-    if path.startswith("/v1/admin"):
-        return "admin"
-    return "open"
-
-
-def make_middleware(node: Node, metrics: Metrics) -> Any:
-    config = node.config
-    client_token = config.client_token.encode()
-    cluster_token = config.cluster_token.encode()
-    auth_on = bool(client_token or cluster_token)
-    limit = asyncio.Semaphore(config.max_concurrent_requests)
-
-    def check_auth(request: web.Request) -> None:
-        scope = _scope(request.path)
-        if scope == "open":
-            return
-        header = request.headers.get("Authorization", "")
-        token = header[7:].strip().encode() if header.lower().startswith("bearer ") else b""
-        if not token:
-            raise Unauthorized("missing bearer token")
-        is_cluster = bool(cluster_token) and hmac.compare_digest(token, cluster_token)
-        is_client = bool(client_token) and hmac.compare_digest(token, client_token)
-        if scope == "admin":
-            if is_cluster:
-                return
-            if is_client:
-                raise Forbidden("this token may not call the admin API")
-            raise Unauthorized("invalid token")
-        if not (is_cluster or is_client):
-            raise Unauthorized("invalid token")
-
+def make_middleware(auth: Authorizer, admission: Admission, metrics: Metrics) -> Any:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         start = time.perf_counter()
         try:
-            if auth_on:
-                check_auth(request)
-            if limit.locked():
+            if auth.enabled:
+                auth.check(scope_of(request.path), request.headers.get("Authorization"))
+            if not admission.try_enter():
                 raise Unavailable("too many concurrent requests")
-            async with limit:
+            try:
                 response = await handler(request)
+            finally:
+                admission.leave()
         except DynamoError as exc:
-            extra: dict[str, Any] = {}
-            if isinstance(exc, QuorumNotMet):
-                extra = {"required": exc.required, "answered": exc.answered}
-            response = error_response(exc.status, exc.code, exc.message, **extra)
-            if isinstance(exc, Unauthorized):
-                response.headers["WWW-Authenticate"] = "Bearer"
+            response = to_response(error_reply(exc))
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
@@ -128,8 +94,6 @@ def make_middleware(node: Node, metrics: Metrics) -> Any:
                 allow = exc.headers.get("Allow")
                 if allow:
                     response.headers["Allow"] = allow
-        except asyncio.CancelledError:
-            raise
         except Exception:
             log.exception("unhandled error in %s %s", request.method, request.path)
             response = error_response(500, "internal", "internal error (logged on the node)")
@@ -139,21 +103,6 @@ def make_middleware(node: Node, metrics: Metrics) -> Any:
         return response
 
     return middleware
-
-
-# --- client API ----------------------------------------------------------------------------
-def parse_key(request: web.Request, max_bytes: int) -> str:
-    raw_path = request.raw_path.split("?", 1)[0]
-    encoded = raw_path[len(KV_PREFIX) :] if raw_path.startswith(KV_PREFIX) else ""
-    data = unquote_to_bytes(encoded)
-    if not data:
-        raise InvalidKey("the key must not be empty")
-    if len(data) > max_bytes:
-        raise InvalidKey(f"the key is {len(data)} bytes; the limit is {max_bytes}")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise InvalidKey("the key must be valid UTF-8 (percent-encoded in the path)") from None
 
 
 async def read_body(request: web.Request, max_bytes: int) -> bytes:
@@ -173,72 +122,30 @@ async def read_body(request: web.Request, max_bytes: int) -> bytes:
 
 
 class KvHandlers:
-    def __init__(self, node: Node, codec: ContextCodec) -> None:
-        self.node = node
-        self.codec = codec
-        self.config = node.config
+    """The kv routes on aiohttp: what `http1` hands over (chunked bodies, `Expect`...)."""
 
-    def _n(self) -> int:
-        state = self.node.require_state()
-        return state.n
-
-    def _timeout(self, request: web.Request) -> int:
-        if not request.query_string:  # the common case: skip building the query multidict
-            return self.config.request_timeout_ms
-        return parse_timeout_ms(request.query.get("timeout_ms"), self.config.request_timeout_ms)
+    def __init__(self, api: KvApi) -> None:
+        self.api = api
 
     async def get(self, request: web.Request) -> web.Response:
-        key = parse_key(request, self.config.key_max_bytes)
-        n = self._n()
-        r = parse_quorum(request.query.get("r") if request.query_string else None, n, 0, "r")
-        timeout_ms = self._timeout(request)
-        obj = await self.node.coordinator.get(storage_key(key), r, timeout_ms)
-        headers: dict[str, str] = {}
-        if not obj.empty:
-            headers[CONTEXT_HEADER] = self.codec.encode(obj.context())
-        visible = obj.visible()
-        if not visible:
-            resp = error_response(404, "not_found", f"no value for key {key!r}")
-            resp.headers.update(headers)
-            return resp
-        if len(visible) == 1:
-            s = visible[0]
-            headers["Content-Type"] = s.content_type or DEFAULT_CONTENT_TYPE
-            return web.Response(body=s.value, headers=headers)
-        body = {
-            "context": headers[CONTEXT_HEADER],
-            "siblings": [
-                {
-                    "content_type": s.content_type or DEFAULT_CONTENT_TYPE,
-                    "value_b64": base64.b64encode(s.value or b"").decode(),
-                }
-                for s in visible
-            ],
-        }
-        return web.json_response(body, status=300, headers=headers)
-
-    async def _write(self, request: web.Request, delete: bool) -> web.Response:
-        key = parse_key(request, self.config.key_max_bytes)
-        n = self._n()
-        w = parse_quorum(request.query.get("w") if request.query_string else None, n, 0, "w")
-        timeout_ms = self._timeout(request)
-        context = self.codec.decode(request.headers.get(CONTEXT_HEADER))
-        if delete:
-            value: bytes | None = None
-            content_type = ""
-        else:
-            value = await read_body(request, self.config.value_max_bytes)
-            content_type = request.headers.get("Content-Type", DEFAULT_CONTENT_TYPE)[:256]
-        obj = await self.node.coordinator.put(
-            storage_key(key), context, value, content_type, w, timeout_ms
-        )
-        return web.Response(status=204, headers={CONTEXT_HEADER: self.codec.encode(obj.context())})
+        return to_response(await self.api.get(request.raw_path, request.query_string))
 
     async def put(self, request: web.Request) -> web.Response:
-        return await self._write(request, delete=False)
+        body = await read_body(request, self.api.value_max_bytes)
+        reply = await self.api.write(
+            request.raw_path,
+            request.query_string,
+            request.headers.get(CONTEXT_HEADER),
+            request.headers.get("Content-Type"),
+            body,
+        )
+        return to_response(reply)
 
     async def delete(self, request: web.Request) -> web.Response:
-        return await self._write(request, delete=True)
+        reply = await self.api.write(
+            request.raw_path, request.query_string, request.headers.get(CONTEXT_HEADER), None, None
+        )
+        return to_response(reply)
 
 
 # --- admin API ---------------------------------------------------------------------------
@@ -321,16 +228,22 @@ class AdminHandlers:
 
 # --- health, metrics, docs ----------------------------------------------------------------
 def build_app(node: Node, metrics: Metrics | None = None) -> web.Application:
+    """The application; the objects the lean server shares with it are in its keys."""
     metrics = metrics or Metrics()
-    codec = ContextCodec(node.config.cluster_token)
+    config = node.config
+    api = KvApi(node, ContextCodec(config.cluster_token))
+    auth = Authorizer(config.client_token, config.cluster_token)
+    admission = Admission(config.max_concurrent_requests)
     app = web.Application(
-        middlewares=[make_middleware(node, metrics)],
-        client_max_size=node.config.value_max_bytes + 1,
+        middlewares=[make_middleware(auth, admission, metrics)],
+        client_max_size=config.value_max_bytes + 1,
     )
     app[NODE_KEY] = node
     app[METRICS_KEY] = metrics
-    app[CODEC_KEY] = codec
-    kv = KvHandlers(node, codec)
+    app[API_KEY] = api
+    app[AUTH_KEY] = auth
+    app[ADMISSION_KEY] = admission
+    kv = KvHandlers(api)
     admin = AdminHandlers(node)
 
     async def healthz(request: web.Request) -> web.Response:

@@ -147,16 +147,19 @@ def _ae_pass(c: Cluster, node: NodeProc) -> dict[str, object]:
 
 def _diverge(c: Cluster, nodes: list[NodeProc], count: int, prefix: str) -> list[str]:
     """Write `count` keys that the paused third replica never sees."""
-    n0, _, n2 = nodes
+    n0, n1, n2 = nodes
     c.pause(n2)
     try:
-        # until n2 is detected down, writes may still queue on its socket: wait first
-        wait_for(
-            lambda: (
-                next(m["state"] for m in c.status(n0)["members"] if m["node"] == "n2") == "down"
-            ),
-            10,
-        )
+        # until n2 is detected down, writes may still queue on its socket: wait first, on
+        # both live nodes (n0 could still learn a last heartbeat of n2 from n1's gossip and
+        # count it up again for a moment)
+        def down_everywhere() -> bool:
+            return all(
+                next(m["state"] for m in c.status(n)["members"] if m["node"] == "n2") == "down"
+                for n in (n0, n1)
+            )
+
+        wait_for(down_everywhere, 15)
         keys = [f"{prefix}{i}" for i in range(count)]
         for k in keys:
             assert c.put(n0, k, b"fresh", query="?w=2")[0] == 204
