@@ -375,14 +375,16 @@ def start_py_spy(
     if not Path(exe).exists():
         raise SystemExit("py-spy not found: pip install py-spy (into the venv)")
     out.parent.mkdir(parents=True, exist_ok=True)
-    # --nonblocking: do not pause the process per sample. Pausing (the default) slows a
-    # node so much that its peers race ahead and flood it with replication (W=2 needs
-    # only the two others), which distorts the very profile being taken.
+    out.unlink(missing_ok=True)  # a failed run must not leave an older profile behind
     argv = [exe, "record", "-p", str(pid), "-d", str(int(seconds)), "-r", "100"]
-    argv.append("--nonblocking")
-    argv += ["-f", "raw", "-o", str(out)]
     if native:
-        argv.append("--native")
+        argv.append("--native")  # py-spy cannot unwind native stacks without pausing
+    else:
+        # --nonblocking: do not pause the process per sample. Pausing (the default) slows
+        # a node so much that its peers race ahead and flood it with replication (W=2
+        # needs only the two others), which distorts the very profile being taken.
+        argv.append("--nonblocking")
+    argv += ["-f", "raw", "-o", str(out)]
     return subprocess.Popen(
         taskset(LOAD_CORE, argv), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )

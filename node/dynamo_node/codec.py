@@ -118,11 +118,15 @@ def encode_object(obj: Object) -> bytes:
 
 
 def decode_object(data: bytes) -> Object:
+    """The object in `data`, which stays its encoding (storage and peers hold only the
+    canonical encodings this module writes)."""
     try:
         raw = msgpack.unpackb(data, raw=False, strict_map_key=True)
     except Exception as exc:  # msgpack raises several unrelated types on garbage
         raise CodecError(f"undecodable object: {exc}") from None
-    return object_from_wire(raw)
+    obj = object_from_wire(raw)
+    object.__setattr__(obj, "wire_cache", data)
+    return obj
 
 
 def digest(data: bytes) -> bytes:

@@ -73,10 +73,11 @@ class CoordinatorStats:
 
 class LocalReplica(Protocol):
     """This node's own replica, called directly (no encoding, no task). `put` and
-    `merge` apply at once; `durable()` must be awaited before acknowledging when
-    `needs_barrier` (durability "sync")."""
+    `merge` apply at once (readable); `durable()` must be awaited before acknowledging
+    when `needs_barrier` (durability "sync", or the write's group not yet applied)."""
 
-    needs_barrier: bool
+    @property
+    def needs_barrier(self) -> bool: ...
 
     def read(self, skey: bytes) -> Object: ...
 

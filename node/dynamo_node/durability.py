@@ -6,9 +6,11 @@ Writes are applied to RocksDB on the event loop (visible at once, WAL written, n
 - mode "sync": after an fsync of the WAL that covers it. One background task runs the
   fsyncs in a thread; every write issued before an fsync starts is covered by it, so
   many concurrent writes share one fsync (group commit) and the loop never blocks.
-- mode "wal": immediately (the WAL survives a process crash such as kill -9); the WAL
-  is fsynced every `interval` seconds, so a machine crash loses at most that window on
-  this replica (Cassandra's "periodic" commitlog mode).
+- mode "wal": once the write is in the WAL (which survives a process crash such as
+  kill -9): at the end of the loop iteration that made it, when the storage applies the
+  iteration's writes as one group (`Storage.group_writes`). The WAL is fsynced every
+  `interval` seconds, so a machine crash loses at most that window on this replica
+  (Cassandra's "periodic" commitlog mode).
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ class GroupCommit:
         self._wake = asyncio.Event()
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._task: asyncio.Task[None] | None = None
+        #: "wal" mode: barriers waiting for the grouped writes to be applied
+        self._applied: list[asyncio.Future[None]] = []
+        storage.flush_hooks.append(self._on_apply)
         self.fsyncs = 0
 
     def start(self) -> None:
@@ -43,14 +48,28 @@ class GroupCommit:
         if self.mode == "sync":
             self._wake.set()
 
+    def _on_apply(self, error: BaseException | None) -> None:
+        waiters, self._applied = self._applied, []
+        for fut in waiters:
+            if fut.done():
+                continue
+            if error is None:
+                fut.set_result(None)
+            else:
+                fut.set_exception(error)
+
     async def barrier(self) -> None:
         """Return when every write issued so far is as durable as the mode promises."""
         if self.mode != "sync":
+            if self._storage.has_pending():
+                fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                self._applied.append(fut)
+                await fut
             return
         target = self._issued
         if self._synced >= target:
             return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        fut = asyncio.get_running_loop().create_future()
         self._waiters.append((target, fut))
         self._wake.set()
         await fut
@@ -66,6 +85,7 @@ class GroupCommit:
             if self._issued == self._synced:
                 continue
             target = self._issued
+            self._storage.flush()  # the grouped writes into the WAL, here on the loop
             try:
                 await asyncio.to_thread(self._storage.sync_wal)
             except Exception as exc:
@@ -100,6 +120,7 @@ class GroupCommit:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        self._storage.flush()
         if self._issued != self._synced:
             await asyncio.to_thread(self._storage.sync_wal)
             self._synced = self._issued

@@ -294,7 +294,7 @@ class KvProtocol(asyncio.Protocol):
                     if self._size > MAX_HEAD or self._eof:
                         self._hand_off()
                     break
-                parsed = parse_head(buf[:end])
+                parsed = parse_head(buf[:end]) if end <= MAX_HEAD else None
                 if parsed is None or route(parsed) is not None:
                     self._hand_off()
                     break

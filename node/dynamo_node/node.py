@@ -88,7 +88,10 @@ class Node:
         self.stopping = False
         self.last_anti_entropy: float | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._rpc = RpcServer(self.handle_peer, config.cluster_token, fast=self.serve_now)
+        # replies to writes leave only once the writes are in the WAL (grouped writes)
+        self._rpc = RpcServer(
+            self.handle_peer, config.cluster_token, fast=self.serve_now, before=storage.flush
+        )
         self.transport: Transport = (
             transport_factory(self)
             if transport_factory
@@ -100,7 +103,7 @@ class Node:
                 ssl=client_context(config),
             )
         )
-        self.needs_barrier = config.durability == "sync"
+        self._sync = config.durability == "sync"
         self.coordinator = Coordinator(self.node_id, config, self, self.hints, self.transport, self)
         self.rpc_handlers: dict[str, Callable[[Any, str], Any]] = {}
         self.gossiper = Gossiper(self)
@@ -173,6 +176,7 @@ class Node:
 
     # --- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
+        self.storage.group_writes(asyncio.get_running_loop().call_soon)
         self.commit_log.start()
         if self.state is None and not self.seeds:
             cluster = uuid.uuid4().hex[:12]
@@ -328,6 +332,12 @@ class Node:
                 for node in owners:
                     self.hints.store(skey, node, obj)
 
+    @property
+    def needs_barrier(self) -> bool:
+        """Whether a write just made must await `durable()` before it is acknowledged:
+        always with durability "sync"; with "wal" while its group is not applied yet."""
+        return self._sync or self.storage.has_pending()
+
     async def durable(self) -> None:
         await self.commit_log.barrier()
 
@@ -338,7 +348,7 @@ class Node:
         if method == "get":
             self.detector.heard(caller, self.monotonic())
             return True, self._rpc_get(args)
-        if self.needs_barrier or method not in ("put", "merge", "merge_many"):
+        if self._sync or method not in ("put", "merge", "merge_many"):
             return False, None
         self.detector.heard(caller, self.monotonic())
         if method == "put":

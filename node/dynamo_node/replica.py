@@ -96,6 +96,7 @@ class Replica:
             return
         self._lease_end = counter + COUNTER_LEASE
         self.storage.write([(Family.META, COUNTER_KEY, str(self._lease_end).encode())])
+        self.storage.flush()
         self.storage.sync_wal()
 
     def new_version(
@@ -141,9 +142,11 @@ class Replica:
     def apply_merge(self, skey: bytes, incoming: Object) -> tuple[Object, bool]:
         """Merge a version from a peer; returns (result, whether anything changed)."""
         raw = self.storage.get(Family.OBJECTS, skey)
+        self.stats.merges += 1
+        if raw is not None and raw == incoming.wire_cache:
+            return incoming, False  # this very version is stored already
         current = self._decode(skey, raw)
         result = sync(current, incoming, lww=self.config.lww)
-        self.stats.merges += 1
         if result.prune_suspects:
             self.stats.prune_suspects += result.prune_suspects
             log.warning(

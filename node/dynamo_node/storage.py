@@ -17,7 +17,7 @@ from __future__ import annotations
 import bisect
 import enum
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
 from .errors import Unavailable
@@ -75,11 +75,24 @@ class Storage(Protocol):
         close it before `close()`."""
 
     def sync_wal(self) -> None:
-        """Make every write so far durable (fsync). Thread-safe; blocking."""
+        """Make every applied write durable (fsync); grouped writes not yet applied are
+        not covered: `flush()` them first. Thread-safe; blocking."""
 
     def approximate_size(self) -> int: ...
 
     def close(self) -> None: ...
+
+    # write grouping (see RocksStorage.group_writes); a storage may apply writes at once
+    #: called after each grouped apply with None, or with the error that failed it
+    flush_hooks: list[Callable[[BaseException | None], None]]
+
+    def group_writes(self, schedule: Callable[[Callable[[], None]], object]) -> None: ...
+
+    def has_pending(self) -> bool:
+        """Writes accepted (and readable) but not yet applied to the write-ahead log."""
+
+    def flush(self) -> None:
+        """Apply the grouped writes now (on the thread that writes)."""
 
 
 class MemoryStorage:
@@ -91,6 +104,16 @@ class MemoryStorage:
         self._lock = threading.Lock()
         self._closed = False
         self.syncs = 0
+        self.flush_hooks: list[Callable[[BaseException | None], None]] = []
+
+    def group_writes(self, schedule: Callable[[Callable[[], None]], object]) -> None:
+        """Writes apply at once here: nothing to group."""
+
+    def has_pending(self) -> bool:
+        return False
+
+    def flush(self) -> None:
+        return None
 
     def _check(self) -> None:
         if self._closed:

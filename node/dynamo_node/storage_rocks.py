@@ -5,6 +5,12 @@ ring, counters). Writes go through one WriteBatch (atomic) into the WAL without 
 durability is decided by `durability.GroupCommit`, which calls `sync_wal` (FlushWAL with
 sync) off the event loop and acknowledges a group of writes with one fsync.
 
+Write grouping (`group_writes`, what a running node uses): the writes of one event-loop
+iteration are applied together at its end, one WriteBatch and one WAL append (a system
+call) for all of them, where a write each cost one append. They are readable at once
+(an overlay in front of the reads); whoever acknowledges a write waits for its group to
+be applied (`GroupCommit.barrier`, and the node-to-node replies via `flush()`).
+
 rocksdict notes: column-family handles and iterators keep the DB open, so `close()`
 drops every handle first; iterators are wrapped so that none outlives `close()`.
 """
@@ -15,7 +21,7 @@ import logging
 import os
 import threading
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteBatch, WriteOptions
@@ -26,6 +32,7 @@ from .storage import Family, Op
 log = logging.getLogger("dynamo.storage")
 
 
+_MISSING = object()
 BLOCK_CACHE_BYTES = 64 * 1024 * 1024
 BLOOM_BITS_PER_KEY = 10
 #: share of the memtable's size given to its bloom filter
@@ -73,18 +80,70 @@ class RocksStorage:
         self._closed = False
         self._sync_lock = threading.Lock()
         self._iterators: weakref.WeakSet[_Iter] = weakref.WeakSet()
+        self._schedule: Callable[[Callable[[], None]], object] | None = None
+        self._pending: list[Op] = []
+        self._overlay: dict[tuple[Family, bytes], bytes | None] = {}
+        self._failed: BaseException | None = None
+        self.flush_hooks: list[Callable[[BaseException | None], None]] = []
 
     def _check(self) -> None:
         if self._closed:
             raise Unavailable("storage is closed")
+        if self._failed is not None:
+            raise Unavailable(f"storage failed: {self._failed}")
 
     def get(self, family: Family, key: bytes) -> bytes | None:
         self._check()
+        if self._overlay:
+            hit = self._overlay.get((family, key), _MISSING)
+            if hit is not _MISSING:
+                return hit  # type: ignore[return-value]
         value: bytes | None = self._cfs[family].get(key)
         return value
 
+    # --- write grouping ------------------------------------------------------------------
+    def group_writes(self, schedule: Callable[[Callable[[], None]], object]) -> None:
+        """From now on apply writes once per `schedule` (the loop's call_soon)."""
+        self._schedule = schedule
+
+    def has_pending(self) -> bool:
+        return bool(self._pending)
+
+    def flush(self) -> None:
+        ops = self._pending
+        if not ops:
+            return
+        self._pending = []
+        try:
+            self._apply(ops)
+        except Exception as exc:
+            # RocksDB refused a write (disk full, I/O error): nothing more is accepted
+            log.exception("applying %d grouped writes failed; storage unavailable", len(ops))
+            self._failed = exc
+            for hook in self.flush_hooks:
+                hook(exc)
+            return
+        self._overlay.clear()
+        for hook in self.flush_hooks:
+            hook(None)
+
     def write(self, ops: Sequence[Op]) -> None:
         self._check()
+        if self._schedule is None:
+            self._apply(ops)
+            return
+        for family, key, value in ops:  # all or none: a bad op must not poison a group
+            if not isinstance(family, Family) or not isinstance(key, bytes):
+                raise TypeError("ops are (Family, bytes, bytes | None)")
+            if value is not None and not isinstance(value, bytes):
+                raise TypeError("values must be bytes or None")
+        if not self._pending:
+            self._schedule(self.flush)
+        for family, key, value in ops:
+            self._overlay[(family, key)] = value
+        self._pending.extend(ops)
+
+    def _apply(self, ops: Sequence[Op]) -> None:
         if len(ops) == 1 and ops[0][0] is Family.OBJECTS:
             _, key, value = ops[0]
             if value is None:
@@ -107,7 +166,7 @@ class RocksStorage:
         self, family: Family, start: bytes = b"", end: bytes | None = None, limit: int = 0
     ) -> list[tuple[bytes, bytes]]:
         out: list[tuple[bytes, bytes]] = []
-        it = self.iter_range(family, start, end)
+        it = self.iter_range(family, start, end)  # applies grouped writes first
         try:
             for item in it:
                 out.append(item)
@@ -121,6 +180,7 @@ class RocksStorage:
         self, family: Family, start: bytes = b"", end: bytes | None = None
     ) -> Iterator[tuple[bytes, bytes]]:
         self._check()
+        self.flush()
         it = _Iter(self._cfs[family].iter(), start, end)
         self._iterators.add(it)
         return it
@@ -131,8 +191,9 @@ class RocksStorage:
                 self._db.flush_wal(True)
 
     def approximate_size(self) -> int:
-        if self._closed:
+        if self._closed or self._failed is not None:
             return 0
+        self.flush()
         total = 0
         for prop in ("rocksdb.total-sst-files-size", "rocksdb.cur-size-all-mem-tables"):
             for cf in self._cfs.values():
@@ -143,6 +204,8 @@ class RocksStorage:
     def close(self) -> None:
         if self._closed:
             return
+        if self._failed is None:
+            self.flush()
         with self._sync_lock:
             for it in list(self._iterators):
                 it.close()

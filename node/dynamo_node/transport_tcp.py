@@ -64,8 +64,11 @@ class _Output:
     under load a peer connection carries many calls at once, and a system call per
     frame would cost more than the frames themselves."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, before: Callable[[], None] | None = None
+    ) -> None:
         self._loop = loop
+        self._before = before
         self._frames: list[bytes] = []
         self.transport: asyncio.Transport | None = None
 
@@ -75,6 +78,8 @@ class _Output:
         self._frames.append(frame)
 
     def flush(self) -> None:
+        if self._before is not None:
+            self._before()
         frames, self._frames = self._frames, []
         transport = self.transport
         if frames and transport is not None and not transport.is_closing():
@@ -87,7 +92,7 @@ class _ServerProtocol(asyncio.Protocol):
         self._server = server
         self._framer = _Framer()
         self._transport: asyncio.Transport | None = None
-        self._out = _Output(asyncio.get_running_loop())
+        self._out = _Output(asyncio.get_running_loop(), server.before)
         self._peer: str | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -177,9 +182,17 @@ FastHandler = Callable[[str, Any, str], tuple[bool, Any]]
 
 
 class RpcServer:
-    def __init__(self, handler: Handler, token: str = "", fast: FastHandler | None = None) -> None:
+    def __init__(
+        self,
+        handler: Handler,
+        token: str = "",
+        fast: FastHandler | None = None,
+        before: Callable[[], None] | None = None,
+    ) -> None:
         self.handler = handler
         self.fast = fast
+        #: called before replies are written (the node applies grouped writes there)
+        self.before = before
         self.token = token
         self.connections: set[_ServerProtocol] = set()
         self._server: asyncio.AbstractServer | None = None

@@ -58,17 +58,21 @@ unicode_text = st.text(
 )
 
 
-@pytest.fixture(params=["memory", "rocks"])
+@pytest.fixture(params=["memory", "rocks", "rocks-grouped"])
 def open_storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
     """A factory for the backend under test; every storage it opens is closed at the end.
 
-    For RocksDB every call opens the same directory (so it can only be open once)."""
+    For RocksDB every call opens the same directory (so it can only be open once).
+    "rocks-grouped" groups writes and never applies them on its own (its scheduler drops
+    the flush): every read must be answered from the not-yet-applied writes."""
     opened: list[Storage] = []
 
     def opener() -> Storage:
         s: Storage = (
             MemoryStorage() if request.param == "memory" else RocksStorage(str(tmp_path / "db"))
         )
+        if request.param == "rocks-grouped":
+            s.group_writes(lambda _flush: None)
         opened.append(s)
         return s
 
@@ -496,3 +500,49 @@ def test_rocks_sync_wal_from_threads(tmp_path: Path) -> None:
         assert len(s.scan(Family.OBJECTS)) == 200
     finally:
         s.close()
+
+
+# --- write grouping (RocksStorage) ------------------------------------------------------------
+def test_grouped_writes_apply_once_per_schedule_and_survive_reopen(tmp_path: Path) -> None:
+    s = RocksStorage(str(tmp_path / "db"))
+    scheduled: list[Callable[[], None]] = []
+    applied: list[BaseException | None] = []
+    s.group_writes(scheduled.append)
+    s.flush_hooks.append(applied.append)
+    put(s, Family.OBJECTS, b"k1", b"v1")
+    put(s, Family.HINTS, b"h1", b"x")
+    s.write([(Family.OBJECTS, b"k1", None), (Family.OBJECTS, b"k2", b"v2")])
+    assert len(scheduled) == 1 and s.has_pending() and not applied
+    assert s.get(Family.OBJECTS, b"k1") is None and s.get(Family.OBJECTS, b"k2") == b"v2"
+    scheduled[0]()
+    assert not s.has_pending() and applied == [None]
+    put(s, Family.OBJECTS, b"k3", b"v3")
+    assert len(scheduled) == 2  # a new group
+    s.close()  # applies what is pending
+    s = RocksStorage(str(tmp_path / "db"))
+    assert [s.get(Family.OBJECTS, k) for k in (b"k1", b"k2", b"k3")] == [None, b"v2", b"v3"]
+    assert s.get(Family.HINTS, b"h1") == b"x"
+    s.close()
+
+
+def test_a_failed_group_makes_the_storage_unavailable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = RocksStorage(str(tmp_path / "db"))
+    applied: list[BaseException | None] = []
+    s.group_writes(lambda _flush: None)
+    s.flush_hooks.append(applied.append)
+    put(s, Family.OBJECTS, b"k", b"v")
+
+    def broken(ops: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(s, "_apply", broken)
+    s.flush()
+    assert len(applied) == 1 and isinstance(applied[0], OSError)
+    with pytest.raises(Unavailable):
+        s.get(Family.OBJECTS, b"k")
+    with pytest.raises(Unavailable):
+        put(s, Family.OBJECTS, b"k2", b"v")
+    monkeypatch.undo()
+    s.close()
