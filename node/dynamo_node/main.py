@@ -90,6 +90,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tls-key", dest="tls_key_file", help="PEM private key of this node")
     p.add_argument("--tls-ca", dest="tls_ca_file", help="PEM CA that signed every node")
     p.add_argument("--max-concurrent-requests", dest="max_concurrent_requests", type=int)
+    p.add_argument(
+        "--row-cache-bytes",
+        dest="row_cache_bytes",
+        type=int,
+        help="memory for recently used objects (default 32 MiB; 0 disables)",
+    )
     p.add_argument("--log-level", default=os.environ.get("DYNAMO_LOG_LEVEL", "INFO"))
     return p.parse_args(argv)
 
@@ -142,7 +148,7 @@ def build_config(args: argparse.Namespace) -> NodeConfig:
 
 
 async def serve(config: NodeConfig) -> None:
-    storage = RocksStorage(config.data_dir)
+    storage = RocksStorage(config.data_dir, row_cache_bytes=config.row_cache_bytes)
     node = Node(config, storage)
     metrics = Metrics()
     install_metrics(node, metrics)
@@ -237,6 +243,8 @@ def install_metrics(node: Node, metrics: Metrics) -> None:
             "hints_stored_total": node.hints.stats.stored,
             "hints_delivered_total": node.hints.stats.delivered,
             "fsyncs_total": node.commit_log.fsyncs,
+            "row_cache_hits_total": getattr(node.storage, "row_hits", 0),
+            "row_cache_misses_total": getattr(node.storage, "row_misses", 0),
             "clock_prune_suspects_total": node.replica.stats.prune_suspects,
             **extra,
         }

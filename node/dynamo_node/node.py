@@ -325,11 +325,14 @@ class Node:
             self.hints.store(skey, hint_for, obj)
             return
         self.replica.apply_merge(skey, obj)
-        if self.state is not None and not self.state.in_transition():
-            owners = self.replicates(skey)
-            if self.node_id not in owners:
+        state = self.state
+        if state is not None and not state.in_transition():
+            primaries, _, gaining = self._lists(
+                state, partition_of(skey_hash(skey), state.partitions)
+            )
+            if self.node_id not in primaries and self.node_id not in gaining:
                 # a sender with a stale ring: pass it on to the replicas as hints
-                for node in owners:
+                for node in (*primaries, *gaining):
                     self.hints.store(skey, node, obj)
 
     @property

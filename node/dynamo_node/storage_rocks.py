@@ -11,6 +11,11 @@ call) for all of them, where a write each cost one append. They are readable at 
 (an overlay in front of the reads); whoever acknowledges a write waits for its group to
 be applied (`GroupCommit.barrier`, and the node-to-node replies via `flush()`).
 
+Row cache (`row_cache_bytes`, objects only): the stored bytes of recently written or
+read keys, in insertion order, oldest evicted first, updated by every write. Profiles
+of a 3-node cluster on one core showed RocksDB's memtable skiplist search at ~20% of a
+GET (cache misses across processes); a hit is one dict lookup.
+
 rocksdict notes: column-family handles and iterators keep the DB open, so `close()`
 drops every handle first; iterators are wrapped so that none outlives `close()`.
 """
@@ -34,6 +39,8 @@ log = logging.getLogger("dynamo.storage")
 
 _MISSING = object()
 BLOCK_CACHE_BYTES = 64 * 1024 * 1024
+#: rough per-entry cost of the row cache beyond key and value (dict slot, bytes headers)
+ROW_OVERHEAD = 120
 BLOOM_BITS_PER_KEY = 10
 #: share of the memtable's size given to its bloom filter
 MEMTABLE_BLOOM_RATIO = 0.05
@@ -59,7 +66,7 @@ def _options() -> Options:
 
 
 class RocksStorage:
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, row_cache_bytes: int = 0) -> None:
         os.makedirs(path, exist_ok=True)
         self.path = path
         self._db: Any = Rdict(
@@ -85,6 +92,28 @@ class RocksStorage:
         self._overlay: dict[tuple[Family, bytes], bytes | None] = {}
         self._failed: BaseException | None = None
         self.flush_hooks: list[Callable[[BaseException | None], None]] = []
+        self._rows: dict[bytes, bytes] = {}
+        self._rows_bytes = 0
+        self._rows_limit = row_cache_bytes
+        self.row_hits = 0
+        self.row_misses = 0
+
+    def _remember(self, key: bytes, value: bytes | None) -> None:
+        """Keep (or forget) an object's stored bytes in the row cache."""
+        rows = self._rows
+        old = rows.pop(key, None)
+        if old is not None:
+            self._rows_bytes -= len(key) + len(old) + ROW_OVERHEAD
+        if value is None or not self._rows_limit:
+            return
+        size = len(key) + len(value) + ROW_OVERHEAD
+        if size > self._rows_limit // 64:
+            return  # large values would evict many small ones
+        rows[key] = value
+        self._rows_bytes += size
+        while self._rows_bytes > self._rows_limit:
+            oldest = next(iter(rows))
+            self._rows_bytes -= len(oldest) + len(rows.pop(oldest)) + ROW_OVERHEAD
 
     def _check(self) -> None:
         if self._closed:
@@ -98,7 +127,17 @@ class RocksStorage:
             hit = self._overlay.get((family, key), _MISSING)
             if hit is not _MISSING:
                 return hit  # type: ignore[return-value]
-        value: bytes | None = self._cfs[family].get(key)
+        if family is Family.OBJECTS and self._rows_limit:
+            row = self._rows.get(key)
+            if row is not None:
+                self.row_hits += 1
+                return row
+            self.row_misses += 1
+            value: bytes | None = self._db.get(key)
+            if value is not None:
+                self._remember(key, value)
+            return value
+        value = self._cfs[family].get(key)
         return value
 
     # --- write grouping ------------------------------------------------------------------
@@ -131,6 +170,7 @@ class RocksStorage:
         self._check()
         if self._schedule is None:
             self._apply(ops)
+            self._remember_ops(ops)
             return
         for family, key, value in ops:  # all or none: a bad op must not poison a group
             if not isinstance(family, Family) or not isinstance(key, bytes):
@@ -142,6 +182,13 @@ class RocksStorage:
         for family, key, value in ops:
             self._overlay[(family, key)] = value
         self._pending.extend(ops)
+        self._remember_ops(ops)
+
+    def _remember_ops(self, ops: Sequence[Op]) -> None:
+        if self._rows_limit:
+            for family, key, value in ops:
+                if family is Family.OBJECTS:
+                    self._remember(key, value)
 
     def _apply(self, ops: Sequence[Op]) -> None:
         if len(ops) == 1 and ops[0][0] is Family.OBJECTS:
@@ -219,6 +266,7 @@ class RocksStorage:
                 if f is not Family.OBJECTS:
                     del self._cfs[f]
             self._cfs.clear()
+            self._rows.clear()
             self._db.close()
             self._db = None
 

@@ -16,12 +16,12 @@ Invariants:
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class Dot:
-    """One event: the `counter`-th event of `actor`."""
+class Dot(NamedTuple):
+    """One event: the `counter`-th event of `actor` (a named tuple: built, hashed and
+    ordered in C, it is made for every version decoded)."""
 
     actor: str
     counter: int

@@ -22,12 +22,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from .vclock import Dot, VClock, join
 
 
-@dataclass(frozen=True, slots=True)
-class Sibling:
+class Sibling(NamedTuple):
+    """One version (a named tuple: immutable, and cheap to build on every decode)."""
+
     dot: Dot
     past: VClock
     value: bytes | None

@@ -64,13 +64,19 @@ def open_storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ope
 
     For RocksDB every call opens the same directory (so it can only be open once).
     "rocks-grouped" groups writes and never applies them on its own (its scheduler drops
-    the flush): every read must be answered from the not-yet-applied writes."""
+    the flush): every read must be answered from the not-yet-applied writes; it also has
+    a row cache small enough to evict all the time."""
     opened: list[Storage] = []
 
     def opener() -> Storage:
-        s: Storage = (
-            MemoryStorage() if request.param == "memory" else RocksStorage(str(tmp_path / "db"))
-        )
+        path = str(tmp_path / "db")
+        s: Storage
+        if request.param == "memory":
+            s = MemoryStorage()
+        elif request.param == "rocks":
+            s = RocksStorage(path)
+        else:
+            s = RocksStorage(path, row_cache_bytes=4096)
         if request.param == "rocks-grouped":
             s.group_writes(lambda _flush: None)
         opened.append(s)
@@ -545,4 +551,23 @@ def test_a_failed_group_makes_the_storage_unavailable(
     with pytest.raises(Unavailable):
         put(s, Family.OBJECTS, b"k2", b"v")
     monkeypatch.undo()
+    s.close()
+
+
+def test_row_cache_follows_writes_and_stays_bounded(tmp_path: Path) -> None:
+    s = RocksStorage(str(tmp_path / "db"), row_cache_bytes=64 * 1024)
+    keys = [b"k%04d" % i for i in range(200)]
+    for i, k in enumerate(keys):
+        put(s, Family.OBJECTS, k, b"v%d" % i * 100)
+    assert s._rows_bytes <= 64 * 1024 and 0 < len(s._rows) < len(keys)  # evicted
+    assert s.get(Family.OBJECTS, keys[-1]) == b"v199" * 100 and s.row_hits == 1
+    for i, k in enumerate(keys):  # misses are read from RocksDB (and cached)
+        assert s.get(Family.OBJECTS, k) == b"v%d" % i * 100
+    assert s.row_misses and s._rows_bytes <= 64 * 1024
+    put(s, Family.OBJECTS, keys[-1], b"new")
+    s.write([(Family.OBJECTS, keys[-2], None)])
+    assert s.get(Family.OBJECTS, keys[-1]) == b"new"
+    assert s.get(Family.OBJECTS, keys[-2]) is None
+    put(s, Family.OBJECTS, b"huge", b"x" * 8192)  # over 1/64 of the cache: not cached
+    assert b"huge" not in s._rows and s.get(Family.OBJECTS, b"huge") == b"x" * 8192
     s.close()
