@@ -129,6 +129,56 @@ def decode_object(data: bytes) -> Object:
     return obj
 
 
+def _single(data: bytes) -> list[Any] | None:
+    """The one sibling of an encoded object, shape-checked, or None."""
+    try:
+        raw = msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except Exception:
+        return None
+    if not isinstance(raw, list) or len(raw) != 2 or raw[0] != FORMAT:
+        return None
+    siblings = raw[1]
+    if not isinstance(siblings, list) or len(siblings) != 1:
+        return None
+    s = siblings[0]
+    if not isinstance(s, list) or len(s) != 7:
+        return None
+    actor, counter, ts, past, pruned, value, ctype = s
+    if not isinstance(actor, str) or not actor or type(counter) is not int or counter < 1:
+        return None
+    if type(ts) is not int or ts < 0 or not isinstance(pruned, bool):
+        return None
+    if not isinstance(past, list) or len(past) % 3 or not isinstance(ctype, str):
+        return None
+    if value is not None and not isinstance(value, bytes):
+        return None
+    return s
+
+
+def _seen(past: list[Any], actor: str, counter: int) -> bool:
+    for i in range(0, len(past), 3):
+        if past[i] == actor:
+            seen = past[i + 1]
+            return type(seen) is int and seen >= counter
+    return False
+
+
+def supersedes(incoming: bytes, stored: bytes) -> list[Any] | None:
+    """The common case of replication, decided on the wire without building objects:
+    when both encodings hold one version each and the incoming version has seen the
+    stored one but not the other way round, merging them gives `incoming` as it is
+    (as `versions.sync` would) and its sibling is returned; else None (merge in full)."""
+    new = _single(incoming)
+    if new is None:
+        return None
+    old = _single(stored)
+    if old is None or (old[0], old[1]) == (new[0], new[1]):
+        return None
+    if _seen(new[3], old[0], old[1]) and not _seen(old[3], new[0], new[1]):
+        return new
+    return None
+
+
 def digest(data: bytes) -> bytes:
     """The anti-entropy digest of an encoded object (stable across replicas because the
     encoding is canonical: siblings are sorted by dot)."""

@@ -325,15 +325,10 @@ class Node:
             self.hints.store(skey, hint_for, obj)
             return
         self.replica.apply_merge(skey, obj)
-        state = self.state
-        if state is not None and not state.in_transition():
-            primaries, _, gaining = self._lists(
-                state, partition_of(skey_hash(skey), state.partitions)
-            )
-            if self.node_id not in primaries and self.node_id not in gaining:
-                # a sender with a stale ring: pass it on to the replicas as hints
-                for node in (*primaries, *gaining):
-                    self.hints.store(skey, node, obj)
+        if not self._replicates_here(skey):
+            # a sender with a stale ring: pass it on to the replicas as hints
+            for node in self.replicates(skey):
+                self.hints.store(skey, node, obj)
 
     @property
     def needs_barrier(self) -> bool:
@@ -400,13 +395,30 @@ class Node:
 
     def _rpc_merge(self, args: Any) -> bool:
         skey = self._skey(args[0])
+        data = args[1]
+        hint_for = args[2] if len(args) > 2 else None
+        if (
+            not hint_for
+            and isinstance(data, bytes)
+            and self._replicates_here(skey)
+            and self.replica.merge_encoded(skey, data)
+        ):
+            return True
         try:
-            obj = decode_object(args[1])
+            obj = decode_object(data)
         except CodecError as exc:
             raise InvalidRequest(f"bad object: {exc}") from None
-        hint_for = args[2] if len(args) > 2 else None
         self.merge(skey, obj, hint_for or None)
         return True
+
+    def _replicates_here(self, skey: bytes) -> bool:
+        """False when a sender's ring is stale and this node holds no replica of the key
+        (then `merge` passes the version on as hints)."""
+        state = self.state
+        if state is None or state.in_transition():
+            return True
+        primaries, _, gaining = self._lists(state, partition_of(skey_hash(skey), state.partitions))
+        return self.node_id in primaries or self.node_id in gaining
 
     def _rpc_merge_many(self, args: Any) -> int:
         self.handoff.received(len(args))

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .codec import CodecError, decode_object, encode_object
+from .codec import CodecError, decode_object, encode_object, supersedes
 from .config import NodeConfig
 from .durability import GroupCommit
 from .storage import Family, Op, Storage
@@ -138,6 +138,26 @@ class Replica:
         if value is None:
             self._tombstoned(skey)
         return new
+
+    def merge_encoded(self, skey: bytes, data: bytes) -> bool:
+        """Store a peer's encoded version when it simply supersedes the stored one (the
+        usual replication write), without decoding either; False: not that case, call
+        `apply_merge` with the decoded object."""
+        raw = self.storage.get(Family.OBJECTS, skey)
+        if raw is None:
+            return False
+        if raw == data:
+            self.stats.merges += 1
+            return True
+        sibling = supersedes(data, raw)
+        if sibling is None:
+            return False
+        self.stats.merges += 1
+        self._write([(Family.OBJECTS, skey, data)], skey, raw, data)
+        self.stats.merges_changed += 1
+        if sibling[5] is None:  # a tombstone
+            self._tombstoned(skey)
+        return True
 
     def apply_merge(self, skey: bytes, incoming: Object) -> tuple[Object, bool]:
         """Merge a version from a peer; returns (result, whether anything changed)."""

@@ -19,6 +19,7 @@ from dynamo_node.codec import (
     encode_object,
     object_from_wire,
     object_to_wire,
+    supersedes,
 )
 from dynamo_node.vclock import Dot, VClock
 from dynamo_node.versions import Object, Sibling, sync
@@ -341,3 +342,51 @@ def test_decode_deduplicates_repeated_dots() -> None:
     sib = ["a", 1, 0, [], False, b"v", "t"]
     obj = decode_object(pack([1, [sib, sib]]))
     assert len(obj.siblings) == 1
+
+
+# --- supersedes: the replication fast path decided on the wire --------------------------------
+small_actor_st = st.sampled_from(["a", "b", "c"])
+
+
+@st.composite
+def related_sibling_st(draw: st.DrawFn) -> Sibling:
+    """Versions over few actors and counters, so that pasts often cover other dots."""
+    entries = draw(
+        st.dictionaries(small_actor_st, st.tuples(st.integers(1, 4), st.just(0)), max_size=3)
+    )
+    return Sibling(
+        Dot(draw(small_actor_st), draw(st.integers(1, 4))),
+        VClock(entries, pruned=draw(st.booleans())),
+        draw(st.one_of(st.none(), st.binary(max_size=8))),
+        "t",
+        draw(st.integers(0, 3)),
+    )
+
+
+@given(related_sibling_st(), related_sibling_st())
+@settings(max_examples=500)
+def test_supersedes_agrees_with_sync(stored: Sibling, incoming: Sibling) -> None:
+    a, b = Object((stored,)), Object((incoming,))
+    wire_b = encode_object(b)
+    sibling = supersedes(wire_b, encode_object(a))
+    if sibling is not None:
+        # the fast path stores the incoming bytes as they are: exactly what sync gives
+        assert encode_object(sync(a, b).obj) == wire_b
+        assert (sibling[0], sibling[1], sibling[5]) == (*incoming.dot, incoming.value)
+    elif incoming.dot != stored.dot:
+        x_seen = incoming.past.covers(stored.dot)
+        assert not x_seen or stored.past.covers(incoming.dot)
+
+
+def test_supersedes_needs_one_version_on_each_side() -> None:
+    old = Sibling(Dot("a", 1), VClock(), b"1", "t", 0)
+    new = Sibling(Dot("a", 2), VClock({"a": (1, 0)}), b"2", "t", 1)
+    other = Sibling(Dot("b", 1), VClock(), b"x", "t", 0)
+    assert supersedes(encode_object(Object((new,))), encode_object(Object((old,)))) is not None
+    assert supersedes(encode_object(Object((old,))), encode_object(Object((new,)))) is None
+    two = encode_object(Object.of([old, other]))
+    assert supersedes(encode_object(Object((new,))), two) is None
+    assert supersedes(two, encode_object(Object((old,)))) is None
+    for garbage in (b"", b"\xc1", msgpack.packb([FORMAT, [[1, 2, 3]]]), msgpack.packb({})):
+        assert supersedes(garbage, encode_object(Object((old,)))) is None
+        assert supersedes(encode_object(Object((new,))), garbage) is None

@@ -268,3 +268,23 @@ def test_a_merge_over_a_corrupt_object_restores_it(storage: MemoryStorage) -> No
     result, changed = r.apply_merge(K1, good)
     assert changed and result == good and r.read(K1) == good
     assert r.stats.corrupt_objects == 1
+
+
+def test_merge_encoded_stores_a_superseding_version_as_is(storage: MemoryStorage) -> None:
+    r = make(storage)
+    changes: list[tuple[bytes, bytes | None, bytes | None]] = []
+    tombstoned: list[bytes] = []
+    r.listeners.append(lambda k, old, new: changes.append((k, old, new)))
+    r.tombstone_listeners.append(tombstoned.append)
+    key = storage_key("k")
+    assert not r.merge_encoded(key, encode_object(peer_version("p", 1, b"a")))  # nothing stored
+    first = r.apply_put(key, VClock(), b"mine", "t")
+    newer = update(first, first.context(), Dot("p", 1), b"theirs", "t", 1)
+    data = encode_object(newer)
+    assert r.merge_encoded(key, data)
+    assert storage.get(Family.OBJECTS, key) == data and changes[-1][2] == data
+    assert r.merge_encoded(key, data) and len(changes) == 2  # the same version again: no write
+    # a version that has not seen the stored one is not this case: merged in full
+    assert not r.merge_encoded(key, encode_object(peer_version("q", 1, b"x")))
+    gone = update(newer, newer.context(), Dot("p", 2), None, "", 2)
+    assert r.merge_encoded(key, encode_object(gone)) and tombstoned == [key]
