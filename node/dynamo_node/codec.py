@@ -129,8 +129,9 @@ def decode_object(data: bytes) -> Object:
     return obj
 
 
-def _single(data: bytes) -> list[Any] | None:
-    """The one sibling of an encoded object, shape-checked, or None."""
+def single_version(data: bytes) -> list[Any] | None:
+    """The one sibling of an encoded object, in its wire form (shape-checked), or None
+    when it holds none, several, or is not a valid encoding."""
     try:
         raw = msgpack.unpackb(data, raw=False, strict_map_key=True)
     except Exception:
@@ -163,15 +164,27 @@ def _seen(past: list[Any], actor: str, counter: int) -> bool:
     return False
 
 
+def version_counter(sibling: list[Any], actor: str) -> int:
+    """The highest counter of `actor` a wire sibling has seen (its dot or its past):
+    what `Object.context().counter(actor)` gives for an object of that one version."""
+    own = sibling[1] if sibling[0] == actor else 0
+    past = sibling[3]
+    for i in range(0, len(past), 3):
+        if past[i] == actor:
+            seen = past[i + 1]
+            return max(own, seen) if type(seen) is int else own
+    return int(own)
+
+
 def supersedes(incoming: bytes, stored: bytes) -> list[Any] | None:
     """The common case of replication, decided on the wire without building objects:
     when both encodings hold one version each and the incoming version has seen the
     stored one but not the other way round, merging them gives `incoming` as it is
     (as `versions.sync` would) and its sibling is returned; else None (merge in full)."""
-    new = _single(incoming)
+    new = single_version(incoming)
     if new is None:
         return None
-    old = _single(stored)
+    old = single_version(stored)
     if old is None or (old[0], old[1]) == (new[0], new[1]):
         return None
     if _seen(new[3], old[0], old[1]) and not _seen(old[3], new[0], new[1]):

@@ -18,7 +18,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .codec import CodecError, decode_object, encode_object, supersedes
+from .codec import (
+    CodecError,
+    decode_object,
+    encode_object,
+    single_version,
+    supersedes,
+    version_counter,
+)
 from .config import NodeConfig
 from .durability import GroupCommit
 from .storage import Family, Op, Storage
@@ -106,9 +113,11 @@ class Replica:
         value: bytes | None,
         content_type: str,
         ops: list[Op],
+        floor: int = 0,
     ) -> Object:
-        """`current` with a new version coordinated by this node (a fresh dot)."""
-        counter = next_counter(current, context, self.actor, self._counter)
+        """`current` with a new version coordinated by this node (a fresh dot, above
+        `floor` too)."""
+        counter = next_counter(current, context, self.actor, max(self._counter, floor))
         self._reserve(counter)
         self._counter = counter
         return update(
@@ -128,9 +137,17 @@ class Replica:
     ) -> Object:
         """Coordinate a put/delete on this replica (synchronously; then await durable())."""
         raw = self.storage.get(Family.OBJECTS, skey)
-        current = self._decode(skey, raw)
+        stored = single_version(raw) if raw is not None and not self.config.lww else None
+        floor = 0
+        if stored is not None and context.covers(Dot(stored[0], stored[1])):
+            # the put supersedes the one stored version (a read-modify-write): it takes no
+            # part in the new object but its counter for this actor, read on the wire
+            current = Object()
+            floor = version_counter(stored, self.actor)
+        else:
+            current = self._decode(skey, raw)
         ops: list[Op] = []
-        new = self.new_version(current, context, value, content_type, ops)
+        new = self.new_version(current, context, value, content_type, ops, floor)
         encoded = encode_object(new)
         ops.append((Family.OBJECTS, skey, encoded))
         self._write(ops, skey, raw, encoded)

@@ -288,3 +288,21 @@ def test_merge_encoded_stores_a_superseding_version_as_is(storage: MemoryStorage
     assert not r.merge_encoded(key, encode_object(peer_version("q", 1, b"x")))
     gone = update(newer, newer.context(), Dot("p", 2), None, "", 2)
     assert r.merge_encoded(key, encode_object(gone)) and tombstoned == [key]
+
+
+def test_put_over_one_covered_version_counts_past_its_clock(storage: MemoryStorage) -> None:
+    """The read-modify-write path reads the stored version's clock on the wire: the new
+    dot must still be above every counter of this actor the stored version has seen."""
+    r = make(storage)
+    key = storage_key("rmw")
+    seen_far = VClock({ACTOR: (50, 0)})  # a context naming a counter of ours from afar
+    stored = update(Object(), seen_far, Dot("p", 1), b"peer", "t", 1)
+    r.apply_merge(key, stored)
+    new = r.apply_put(key, stored.context(), b"mine", "t")
+    assert [s.dot for s in new.siblings] == [Dot(ACTOR, 51)]
+    assert new.siblings[0].past == stored.context()
+    again = r.apply_put(key, new.context(), b"again", "t")
+    assert [s.dot for s in again.siblings] == [Dot(ACTOR, 52)]
+    # a context that does not cover the stored version keeps it as a sibling
+    blind = r.apply_put(key, VClock(), b"blind", "t")
+    assert sorted(s.dot for s in blind.siblings) == [Dot(ACTOR, 52), Dot(ACTOR, 53)]
