@@ -34,12 +34,15 @@ class GroupCommit:
         self._wake = asyncio.Event()
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         #: "wal" mode: barriers waiting for the grouped writes to be applied
         self._applied: list[asyncio.Future[None]] = []
         storage.flush_hooks.append(self._on_apply)
         self.fsyncs = 0
 
     def start(self) -> None:
+        # looked up once: get_running_loop() costs a getpid() syscall per call on 3.11
+        self._loop = asyncio.get_running_loop()
         self._task = asyncio.create_task(self._run(), name="group-commit")
 
     def issued(self) -> None:
@@ -47,6 +50,11 @@ class GroupCommit:
         self._issued += 1
         if self.mode == "sync":
             self._wake.set()
+
+    def _loop_now(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None or self._loop.is_closed():
+            self._loop = asyncio.get_running_loop()
+        return self._loop
 
     def _on_apply(self, error: BaseException | None) -> None:
         waiters, self._applied = self._applied, []
@@ -62,14 +70,14 @@ class GroupCommit:
         """Return when every write issued so far is as durable as the mode promises."""
         if self.mode != "sync":
             if self._storage.has_pending():
-                fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                fut: asyncio.Future[None] = self._loop_now().create_future()
                 self._applied.append(fut)
                 await fut
             return
         target = self._issued
         if self._synced >= target:
             return
-        fut = asyncio.get_running_loop().create_future()
+        fut = self._loop_now().create_future()
         self._waiters.append((target, fut))
         self._wake.set()
         await fut

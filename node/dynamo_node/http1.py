@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -58,6 +59,8 @@ KV_METHODS = frozenset(("GET", "PUT", "DELETE"))
 #: headers this server does not handle itself: such a request goes to aiohttp
 HAND_OFF_HEADERS = frozenset(("transfer-encoding", "expect", "upgrade"))
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
+#: Python >= 3.12 starts a task eagerly (asyncio.Task(..., eager_start=True))
+EAGER_TASKS = sys.version_info >= (3, 12)
 
 
 @dataclass(slots=True)
@@ -147,6 +150,18 @@ def render(reply: Reply, keep_alive: bool, date: str) -> bytes:
     return "".join(lines).encode("utf-8") + reply.body
 
 
+def _failure(exc: BaseException, head: Head) -> Reply:
+    """The answer to a request whose work raised."""
+    if isinstance(exc, DynamoError):
+        return error_reply(exc)
+    if isinstance(exc, asyncio.CancelledError):
+        return error_reply(Unavailable("the request was cancelled"))
+    if not isinstance(exc, Exception):
+        raise exc  # KeyboardInterrupt, SystemExit
+    log.error("unhandled error in %s %s", head.method, head.target[:200], exc_info=exc)
+    return json_reply(500, {"error": {"code": "internal", "message": "internal error (logged)"}})
+
+
 class KvServer:
     """What every connection shares: the API, auth, admission, metrics, the aiohttp
     protocol factory for hand-overs, and the connections (for the idle sweep and
@@ -172,6 +187,7 @@ class KvServer:
         #: requests in progress, and a future stop() waits on until there are none
         self.in_flight = 0
         self.idle_waiter: asyncio.Future[None] | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
         self.handed_off = 0
         self.date = formatdate(usegmt=True)
         self._server: asyncio.AbstractServer | None = None
@@ -342,26 +358,34 @@ class KvProtocol(asyncio.Protocol):
             )
         self.busy = True
         server.in_flight += 1
-        self._step(work, head, start)
+        if EAGER_TASKS:
+            task = asyncio.Task(self._run(work, head, start), eager_start=True)  # type: ignore[call-arg]
+            if not task.done():  # hold it until it is (the loop keeps only weak references)
+                server.tasks.add(task)
+                task.add_done_callback(server.tasks.discard)
+        else:
+            self._step(work, head, start)
+
+    async def _run(self, work: Coroutine[Any, Any, Reply], head: Head, start: float) -> None:
+        """The request as an eager task (Python >= 3.12): run at once, no loop round."""
+        try:
+            reply = await work
+        except BaseException as exc:
+            reply = _failure(exc, head)
+        self._finish(head, reply, start)
 
     def _step(self, work: Coroutine[Any, Any, Reply], head: Head, start: float) -> None:
-        """Run the request's coroutine up to its next suspension, without a Task (what
-        Python 3.12's eager tasks do): most GETs and single-node PUTs finish in the first
-        step, and the rest resume from the future they wait on. Code on this path may
-        therefore not use asyncio.timeout() or current_task() (there is no task)."""
+        """Python 3.11 has no eager tasks: run the request's coroutine up to its next
+        suspension here, without a Task; most GETs finish in this first step, and the
+        rest resume from the future they wait on (as Task.__step does). Code on this
+        path runs outside any task: on 3.11 nothing it uses needs one (wait_for and the
+        futures do not; asyncio.timeout() would, and is not used)."""
         try:
             waiting = work.send(None)
         except StopIteration as done:
             reply: Reply = done.value
-        except DynamoError as exc:
-            reply = error_reply(exc)
-        except asyncio.CancelledError:
-            reply = error_reply(Unavailable("the request was cancelled"))
-        except Exception:
-            log.exception("unhandled error in %s %s", head.method, head.target[:200])
-            reply = json_reply(
-                500, {"error": {"code": "internal", "message": "internal error (logged)"}}
-            )
+        except BaseException as exc:
+            reply = _failure(exc, head)
         else:
             if getattr(waiting, "_asyncio_future_blocking", False):
                 waiting._asyncio_future_blocking = False  # as Task.__step does
@@ -369,6 +393,9 @@ class KvProtocol(asyncio.Protocol):
             else:  # a bare yield (asyncio.sleep(0)): resume on the next loop iteration
                 asyncio.get_running_loop().call_soon(self._step, work, head, start)
             return
+        self._finish(head, reply, start)
+
+    def _finish(self, head: Head, reply: Reply, start: float) -> None:
         server = self.server
         server.admission.leave()
         server.in_flight -= 1

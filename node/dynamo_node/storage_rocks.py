@@ -26,6 +26,7 @@ import logging
 import os
 import threading
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -92,7 +93,7 @@ class RocksStorage:
         self._overlay: dict[tuple[Family, bytes], bytes | None] = {}
         self._failed: BaseException | None = None
         self.flush_hooks: list[Callable[[BaseException | None], None]] = []
-        self._rows: dict[bytes, bytes] = {}
+        self._rows: OrderedDict[bytes, bytes] = OrderedDict()
         self._rows_bytes = 0
         self._rows_limit = row_cache_bytes
         self.row_hits = 0
@@ -101,7 +102,7 @@ class RocksStorage:
     def _remember(self, key: bytes, value: bytes | None) -> None:
         """Keep (or forget) an object's stored bytes in the row cache."""
         rows = self._rows
-        old = rows.pop(key, None)
+        old = rows.pop(key, None)  # a rewritten key moves to the back
         if old is not None:
             self._rows_bytes -= len(key) + len(old) + ROW_OVERHEAD
         if value is None or not self._rows_limit:
@@ -112,8 +113,10 @@ class RocksStorage:
         rows[key] = value
         self._rows_bytes += size
         while self._rows_bytes > self._rows_limit:
-            oldest = next(iter(rows))
-            self._rows_bytes -= len(oldest) + len(rows.pop(oldest)) + ROW_OVERHEAD
+            # OrderedDict: O(1) from the front (a dict's first live entry is found by
+            # walking past every entry deleted before it)
+            oldest, value = rows.popitem(last=False)
+            self._rows_bytes -= len(oldest) + len(value) + ROW_OVERHEAD
 
     def _check(self) -> None:
         if self._closed:
