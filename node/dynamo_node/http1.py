@@ -15,7 +15,8 @@ one, answers any odd request, and both paths share the auth check, the concurren
 limit, the metrics and the error bodies (`kvapi`).
 
 Limits: a value over `value_max_bytes` (by Content-Length) is answered 413 before its
-body is read and the connection is closed; a head over MAX_HEAD goes to aiohttp (which
+body is read, which is then dropped as it arrives (up to LINGER_S) and the connection
+closed; a head over MAX_HEAD goes to aiohttp (which
 refuses it); reading pauses while a request is in progress and MAX_BUFFER is queued;
 connections idle for `keepalive_timeout` seconds are closed.
 """
@@ -54,6 +55,8 @@ MAX_HEAD = 16 * 1024
 #: bytes queued beyond the request in progress before reading pauses
 MAX_BUFFER = 256 * 1024
 KEEPALIVE_TIMEOUT_S = 75.0
+#: how long the unread body of a refused request is read and dropped before closing
+LINGER_S = 10.0
 SWEEP_INTERVAL_S = 1.0
 KV_METHODS = frozenset(("GET", "PUT", "DELETE"))
 #: headers this server does not handle itself: such a request goes to aiohttp
@@ -250,6 +253,8 @@ class KvProtocol(asyncio.Protocol):
         self._eof = False
         self._reading_paused = False
         self._writing_paused = False
+        #: after a 413: bytes of the refused body still to read and drop
+        self._discard: int | None = None
 
     # --- asyncio.Protocol ------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -263,6 +268,11 @@ class KvProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.idle = 0
+        if self._discard is not None:  # lingering after a 413: drop the unread body
+            self._discard -= len(data)
+            if self._discard <= 0:
+                self.close()
+            return
         if self._size:
             self._extra.append(data)
         else:
@@ -315,7 +325,7 @@ class KvProtocol(asyncio.Protocol):
                     self._hand_off()
                     break
                 if parsed.length > self.server.value_max_bytes:
-                    self._too_large(parsed)
+                    self._too_large(parsed, end + 4)
                     break
                 head = self._head = parsed
                 self._head_end = end + 4
@@ -406,23 +416,35 @@ class KvProtocol(asyncio.Protocol):
         self._answer(head, reply, start)
         self._process()
 
-    def _answer(self, head: Head, reply: Reply, start: float) -> None:
+    def _answer(self, head: Head, reply: Reply, start: float, close: bool = True) -> None:
         keep_alive = head.keep_alive and not self.stopping
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(render(reply, keep_alive, self.server.date))
-            if not keep_alive:
+            if not keep_alive and close:
                 self.transport.close()
         self.server.metrics.observe(
             KV_ROUTE_NAME, head.method, reply.status, time.perf_counter() - start
         )
 
-    def _too_large(self, head: Head) -> None:
-        """413 without reading the body; the connection closes (the body is unread)."""
+    def _too_large(self, head: Head, head_end: int) -> None:
+        """413 without buffering the body, then close. Closing at once, with the client
+        still sending, would make the kernel reset the connection, and a reset can
+        destroy the 413 before the client reads it: so the body is read and dropped
+        first, for at most LINGER_S (aiohttp's and nginx's "lingering close")."""
         exc = PayloadTooLarge(
             f"the value is {head.length} bytes; the limit is {self.server.value_max_bytes}"
         )
         head.keep_alive = False
-        self._answer(head, error_reply(exc), time.perf_counter())
+        self._answer(head, error_reply(exc), time.perf_counter(), close=False)
+        self._discard = head_end + head.length - self._size
+        self._buf, self._extra, self._size = b"", [], 0
+        if self._discard <= 0:
+            self.close()
+        elif self.transport is not None:
+            if self._reading_paused:
+                self._reading_paused = False
+                self.transport.resume_reading()
+            asyncio.get_running_loop().call_later(LINGER_S, self.close)
 
     def _hand_off(self) -> None:
         """Give the connection, and the bytes received so far, to aiohttp."""
