@@ -191,6 +191,7 @@ class KvServer:
         self.in_flight = 0
         self.idle_waiter: asyncio.Future[None] | None = None
         self.tasks: set[asyncio.Task[None]] = set()
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.handed_off = 0
         self.date = formatdate(usegmt=True)
         self._server: asyncio.AbstractServer | None = None
@@ -200,7 +201,7 @@ class KvServer:
         return KvProtocol(self)
 
     async def start(self, host: str, port: int, ssl: Any = None) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self.loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             self.protocol, host, port, reuse_address=True, ssl=ssl, backlog=1024
         )
@@ -255,6 +256,7 @@ class KvProtocol(asyncio.Protocol):
         self._writing_paused = False
         #: after a 413: bytes of the refused body still to read and drop
         self._discard: int | None = None
+        self._in_process = False
 
     # --- asyncio.Protocol ------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -309,6 +311,15 @@ class KvProtocol(asyncio.Protocol):
         return self._buf
 
     def _process(self) -> None:
+        # requests that finish synchronously end in `_finish` while this loop is still on
+        # the stack: the loop then takes the next pipelined request (no recursion)
+        self._in_process = True
+        try:
+            self._serve_buffered()
+        finally:
+            self._in_process = False
+
+    def _serve_buffered(self) -> None:
         while not self.busy and not self._writing_paused and self.transport is not None:
             head = self._head
             if head is None:
@@ -369,7 +380,9 @@ class KvProtocol(asyncio.Protocol):
         self.busy = True
         server.in_flight += 1
         if EAGER_TASKS:
-            task = asyncio.Task(self._run(work, head, start), eager_start=True)  # type: ignore[call-arg]
+            task = asyncio.Task(  # type: ignore[call-arg]
+                self._run(work, head, start), loop=server.loop, eager_start=True
+            )
             if not task.done():  # hold it until it is (the loop keeps only weak references)
                 server.tasks.add(task)
                 task.add_done_callback(server.tasks.discard)
@@ -414,7 +427,8 @@ class KvProtocol(asyncio.Protocol):
             server.idle_waiter = None
         self.busy = False
         self._answer(head, reply, start)
-        self._process()
+        if not self._in_process:
+            self._process()
 
     def _answer(self, head: Head, reply: Reply, start: float, close: bool = True) -> None:
         keep_alive = head.keep_alive and not self.stopping

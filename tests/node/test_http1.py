@@ -169,6 +169,14 @@ def test_pipelined_requests_answer_in_order(conn: Conn) -> None:
     assert conn.response()[::2] == (200, b"two")
 
 
+def test_many_pipelined_requests_in_one_write(conn: Conn) -> None:
+    # requests that finish at once must not recurse one into the next
+    conn.send(put_req("many", b"v") + get_req("many") * 3000)
+    assert conn.response()[0] == 204
+    for _ in range(3000):
+        assert conn.response()[::2] == (200, b"v")
+
+
 def test_request_split_into_single_bytes(conn: Conn) -> None:
     for byte in put_req("split", b"pieces"):
         conn.send(bytes([byte]))
