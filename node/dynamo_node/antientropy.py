@@ -423,7 +423,8 @@ class AntiEntropy:
             )
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="anti-entropy")
+        if self.node.config.anti_entropy_interval_s > 0:  # 0 disables the periodic rounds
+            self._task = asyncio.create_task(self._loop(), name="anti-entropy")
 
     async def stop(self) -> None:
         for task in [self._task, *self._job_tasks]:

@@ -169,6 +169,30 @@ def _diverge(c: Cluster, nodes: list[NodeProc], count: int, prefix: str) -> list
     return keys
 
 
+def _held_by(c: Cluster, nodes: list[NodeProc], keys: list[str]) -> int:
+    """How many of `keys` the third replica holds on its own (the others paused)."""
+    n0, n1, n2 = nodes
+    c.pause(n0)
+    c.pause(n1)
+    try:
+        had = sum(1 for k in keys if c.get(n2, k, "?r=1&timeout_ms=300")[0] == 200)
+
+        # the reads' calls to n0 and n1 must time out before those resume: a late reply
+        # would read-repair n2 (and leave anti-entropy nothing to do)
+        def others_down() -> bool:
+            states = {m["node"]: m["state"] for m in c.status(n2)["members"]}
+            return states["n0"] == states["n1"] == "down"
+
+        wait_for(others_down, 15)
+    finally:
+        c.resume(n0)
+        c.resume(n1)
+    c.wait_converged(nodes)
+    if had:
+        print(f"n2 held {had} of {len(keys)} keys written while it was paused")
+    return had
+
+
 @pytest.mark.parametrize(
     "total",
     [pytest.param(5_000, id="5k"), pytest.param(50_000, id="50k", marks=pytest.mark.slow)],
@@ -182,9 +206,14 @@ def test_paused_replica_converges_by_anti_entropy_alone(procs: Cluster, total: i
     small = _diverge(procs, nodes, 10, "small")
     job_small = _ae_pass(procs, n0)
     large = _diverge(procs, nodes, 1000, "large")
+    had = _held_by(procs, nodes, large)
     job_large = _ae_pass(procs, n0)
     assert job_small["keys_repaired"] == 10, job_small
-    assert job_large["keys_repaired"] == 1000, job_large
+    # one pass repairs exactly what n2 lacks. That is all 1000 keys, unless some reached
+    # n2 before the pass: seen once in CI (283 repaired), not reproduced since; `had`
+    # tells which case a run was
+    assert job_large["keys_repaired"] == 1000 - had, (job_large, had)
+    assert had < 1000
     bytes_small = int(job_small["bytes_exchanged"]) - baseline  # type: ignore[call-overload]
     bytes_large = int(job_large["bytes_exchanged"]) - baseline  # type: ignore[call-overload]
     # traffic follows the differences, not the data size
