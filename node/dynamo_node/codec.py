@@ -156,24 +156,20 @@ def single_version(data: bytes) -> list[Any] | None:
     return s
 
 
-def _seen(past: list[Any], actor: str, counter: int) -> bool:
+def _past_counter(past: list[Any], actor: str) -> int:
+    """`actor`'s counter in a flat wire clock (0 when absent or not an integer)."""
     for i in range(0, len(past), 3):
         if past[i] == actor:
             seen = past[i + 1]
-            return type(seen) is int and seen >= counter
-    return False
+            return seen if type(seen) is int else 0
+    return 0
 
 
 def version_counter(sibling: list[Any], actor: str) -> int:
     """The highest counter of `actor` a wire sibling has seen (its dot or its past):
     what `Object.context().counter(actor)` gives for an object of that one version."""
-    own = sibling[1] if sibling[0] == actor else 0
-    past = sibling[3]
-    for i in range(0, len(past), 3):
-        if past[i] == actor:
-            seen = past[i + 1]
-            return max(own, seen) if type(seen) is int else own
-    return int(own)
+    own: int = sibling[1] if sibling[0] == actor else 0
+    return max(own, _past_counter(sibling[3], actor))
 
 
 def supersedes(incoming: bytes, stored: bytes) -> list[Any] | None:
@@ -187,7 +183,8 @@ def supersedes(incoming: bytes, stored: bytes) -> list[Any] | None:
     old = single_version(stored)
     if old is None or (old[0], old[1]) == (new[0], new[1]):
         return None
-    if _seen(new[3], old[0], old[1]) and not _seen(old[3], new[0], new[1]):
+    new_saw_old = _past_counter(new[3], old[0]) >= old[1]
+    if new_saw_old and _past_counter(old[3], new[0]) < new[1]:
         return new
     return None
 

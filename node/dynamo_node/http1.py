@@ -192,7 +192,6 @@ class KvServer:
         self.idle_waiter: asyncio.Future[None] | None = None
         self.tasks: set[asyncio.Task[None]] = set()
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.handed_off = 0
         self.date = formatdate(usegmt=True)
         self._server: asyncio.AbstractServer | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -469,7 +468,6 @@ class KvProtocol(asyncio.Protocol):
         self._buf, self._size = b"", 0
         self.transport = None
         self.server.connections.discard(self)
-        self.server.handed_off += 1
         proto = self.server.fallback()
         transport.set_protocol(proto)
         proto.connection_made(transport)

@@ -97,16 +97,14 @@ class Admission:
     """At most `limit` requests in progress on this node; beyond that a 503 at once
     (a counter is enough: both edges run on the one event loop)."""
 
-    __slots__ = ("in_flight", "limit", "refused")
+    __slots__ = ("in_flight", "limit")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.in_flight = 0
-        self.refused = 0
 
     def try_enter(self) -> bool:
         if self.in_flight >= self.limit:
-            self.refused += 1
             return False
         self.in_flight += 1
         return True

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dynamo_node.errors import InvalidRequest, PeerError
-from dynamo_node.transport_tcp import RpcServer, TcpTransport, _Framer
+from dynamo_node.transport_tcp import RpcServer, TcpTransport, _Framer, _Output
 from tests.harness import free_port
 
 TOKEN = "cluster-secret"
@@ -118,3 +118,29 @@ def test_garbage_never_kills_the_server(chunks: list[bytes], after_hello: bool) 
             await server.stop()
 
     asyncio.run(scenario())
+
+
+class _Recorder:
+    def __init__(self, events: list[object]) -> None:
+        self.events = events
+
+    def write(self, data: bytes) -> None:
+        self.events.append(data)
+
+    def is_closing(self) -> bool:
+        return False
+
+
+async def test_frames_of_one_loop_iteration_leave_in_one_write_after_the_hook() -> None:
+    events: list[object] = []
+    out = _Output(asyncio.get_running_loop(), before=lambda: events.append("before"))
+    out.transport = _Recorder(events)  # type: ignore[assignment]
+    for frame in (b"a", b"b", b"c"):
+        out.add(frame)
+    assert events == []  # nothing written while the iteration runs
+    await asyncio.sleep(0)
+    # the node applies its grouped writes in `before`: replies never precede them
+    assert events == ["before", b"abc"]
+    out.add(b"d")
+    await asyncio.sleep(0)
+    assert events == ["before", b"abc", "before", b"d"]
