@@ -26,11 +26,11 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 
-from .codec import CodecError, decode_object, digest
+from .codec import CodecError, all_tombstones, decode_object, digest
 from .errors import InvalidRequest, PeerError
-from .merkle import MerkleTree, adiff_segments, diff_keys
-from .ring import partition_of
-from .storage import Family, partition_keys
+from .merkle import LAYOUT, MerkleTree, adiff_segments, diff_keys, item_digest
+from .ring import partition_of, partition_range
+from .storage import Family, hash_prefix, partition_keys
 
 if TYPE_CHECKING:
     from .node import Node
@@ -39,9 +39,15 @@ log = logging.getLogger("dynamo.antientropy")
 
 #: exchange rounds per pass: the second spreads what the last peers of the first brought
 ROUNDS = 2
+#: the calls that exchange trees carry the tree layout in their names: nodes of two
+#: layouts (during a rolling upgrade) refuse each other's exchanges instead of seeing
+#: every key differ
+ROOTS, HASHES, KEYS = (f"ae_{name}.{LAYOUT}" for name in ("roots", "hashes", "keys"))
 SEGMENTS = 256
 FANOUT = 16
 SHIP_BATCH = 500
+#: how often the tree builder looks for the ring of a node that has none yet
+PREPARE_POLL_S = 0.5
 GC_BATCH = 200
 
 
@@ -91,7 +97,7 @@ class _RemoteTree:
         self._ae, self._peer, self._p = ae, peer, p
 
     async def hashes(self, level: int, indices: list[int] | Any) -> list[bytes]:
-        result = await self._ae.call(self._peer, "ae_hashes", [self._p, level, list(indices)])
+        result = await self._ae.call(self._peer, HASHES, [self._p, level, list(indices)])
         return [bytes(h) for h in result]
 
 
@@ -104,19 +110,21 @@ class AntiEntropy:
         self.stats = AEStats()
         self.jobs: dict[str, Job] = {}
         self._task: asyncio.Task[None] | None = None
+        self._prepared: asyncio.Task[None] | None = None
         self._job_tasks: set[asyncio.Task[None]] = set()
         node.replica.listeners.append(self._on_change)
         node.replica.tombstone_listeners.append(self._on_tombstone)
-        for name in (
-            "ae_roots",
-            "ae_hashes",
-            "ae_keys",
-            "ae_fetch",
-            "ae_partition",
-            "ae_digests",
-            "ae_gc",
-        ):
-            node.rpc_handlers[name] = getattr(self, "_rpc_" + name[3:])
+        node.rpc_handlers.update(
+            {
+                ROOTS: self._rpc_roots,
+                HASHES: self._rpc_hashes,
+                KEYS: self._rpc_keys,
+                "ae_fetch": self._rpc_fetch,
+                "ae_partition": self._rpc_partition,
+                "ae_digests": self._rpc_digests,
+                "ae_gc": self._rpc_gc,
+            }
+        )
 
     # --- trees -----------------------------------------------------------------------
     def _partitions(self) -> int:
@@ -126,11 +134,15 @@ class AntiEntropy:
         return partition_of(int.from_bytes(skey[:8], "big"), self._partitions())
 
     def _on_change(self, skey: bytes, old: bytes | None, new: bytes | None) -> None:
-        if self.node.state is None:
-            return
+        if not self.trees or self.node.state is None:
+            return  # no tree built yet (they are built at the first exchange)
         tree = self.trees.get(self._partition_of_skey(skey))
         if tree is not None:
-            tree.update(skey, digest(old) if old else None, digest(new) if new else None)
+            tree.update(
+                skey,
+                item_digest(skey, old) if old else None,
+                item_digest(skey, new) if new else None,
+            )
 
     def _on_tombstone(self, skey: bytes) -> None:
         if self.node.state is None:
@@ -142,40 +154,67 @@ class AntiEntropy:
     def _tombstone_candidates(self, p: int) -> set[bytes]:
         known = self.tombstones.get(p)
         if known is None:
-            start, end = partition_keys(p, self._partitions())
-            known = set()
-            for skey, raw in self.node.storage.iter_range(Family.OBJECTS, start, end):
-                try:
-                    if decode_object(raw).all_tombstones():
-                        known.add(skey)
-                except CodecError:
-                    continue
-            self.tombstones[p] = known
+            self._scan(p)
+            known = self.tombstones[p]
         return known
 
     def tree(self, p: int) -> MerkleTree:
         tree = self.trees.get(p)
         if tree is None:
-            start, end = partition_keys(p, self._partitions())
-            tree = MerkleTree.build(
-                (
-                    (k, digest(v))
-                    for k, v in self.node.storage.iter_range(Family.OBJECTS, start, end)
-                ),
-                segments=SEGMENTS,
-                fanout=FANOUT,
-            )
-            self.trees[p] = tree
+            self._scan(p)
+            tree = self.trees[p]
         return tree
 
+    def _scan(self, p: int) -> None:
+        """Build p's tree and its tombstone candidates from one scan of the partition,
+        without an await: the writes made meanwhile find them in place and keep them
+        current (`_on_change`, `_on_tombstone`)."""
+        partitions = self._partitions()
+        start, end = partition_keys(p, partitions)
+        items: list[tuple[bytes, bytes]] = []
+        tombstones: set[bytes] = set()
+        for skey, raw in self.node.storage.iter_range(Family.OBJECTS, start, end):
+            items.append((skey, item_digest(skey, raw)))
+            if all_tombstones(raw):
+                tombstones.add(skey)
+        if p not in self.trees:
+            self.trees[p] = MerkleTree.build(
+                items, segments=SEGMENTS, fanout=FANOUT, prefix_bits=partitions.bit_length() - 1
+            )
+        self.tombstones.setdefault(p, tombstones)
+
+    async def _prepare(self) -> None:
+        """Build every partition's tree in the background as soon as the node has a
+        ring, one partition per loop iteration, so that no exchange has to: a node's
+        first pass used to scan and hash all its data at once, and the requests of
+        that moment waited behind it. From then on each write updates one leaf."""
+        while self.node.state is None:  # noqa: ASYNC110 - a ring arrives by gossip or join: no event
+            await asyncio.sleep(PREPARE_POLL_S)
+        for p in range(self._partitions()):
+            if p not in self.trees or p not in self.tombstones:
+                self._scan(p)
+            await asyncio.sleep(0)
+
     def _segment_items(self, p: int, segments: set[int]) -> dict[bytes, bytes]:
+        """khash -> item of the keys in `segments` of p: each segment is a key range of
+        its own (`MerkleTree.segment_span`), so only those ranges are read."""
         tree = self.tree(p)
-        start, end = partition_keys(p, self._partitions())
-        return {
-            k: digest(v)
-            for k, v in self.node.storage.iter_range(Family.OBJECTS, start, end)
-            if tree.segment_of(k) in segments
-        }
+        if any(not 0 <= s < tree.segments for s in segments):
+            raise InvalidRequest("bad segment")
+        base, _ = partition_range(p, self._partitions())
+        runs: list[list[int]] = []  # [first, last] of each run of adjacent segments
+        for segment in sorted(segments):
+            if runs and runs[-1][1] == segment - 1:
+                runs[-1][1] = segment
+            else:
+                runs.append([segment, segment])
+        items: dict[bytes, bytes] = {}
+        for first, last in runs:
+            lo, hi = base + tree.segment_span(first)[0], base + tree.segment_span(last)[1]
+            end = hash_prefix(hi) if hi < 1 << 64 else None
+            for k, v in self.node.storage.iter_range(Family.OBJECTS, hash_prefix(lo), end):
+                items[k] = item_digest(k, v)
+        return items
 
     # --- calls with byte accounting ---------------------------------------------------------
     async def call(self, peer: str, method: str, args: Any) -> Any:
@@ -192,7 +231,7 @@ class AntiEntropy:
         """Make this node's replica of p and peer's identical; returns keys repaired."""
         self.stats.exchanges += 1
         local = self.tree(p)
-        (root,) = await self.call(peer, "ae_roots", [[p]])
+        (root,) = await self.call(peer, ROOTS, [[p]])
         if bytes(root) == local.root():
             return 0
         segments, _ = await adiff_segments(local, _RemoteTree(self, peer, p))
@@ -200,9 +239,7 @@ class AntiEntropy:
             return 0
         wanted = set(segments)
         local_items = self._segment_items(p, wanted)
-        remote_items = {
-            bytes(k): bytes(d) for k, d in await self.call(peer, "ae_keys", [p, segments])
-        }
+        remote_items = {bytes(k): bytes(d) for k, d in await self.call(peer, KEYS, [p, segments])}
         only_local, only_remote, differing = diff_keys(local_items, remote_items)
         push = [*only_local, *differing]
         pull = [*only_remote, *differing]
@@ -351,7 +388,7 @@ class AntiEntropy:
 
     async def _differing(self, peer: str, partitions: list[int]) -> list[int]:
         """The partitions among `partitions` whose roots differ on `peer` (one call)."""
-        roots = await self.call(peer, "ae_roots", [partitions])
+        roots = await self.call(peer, ROOTS, [partitions])
         return [
             p for p, r in zip(partitions, roots, strict=True) if bytes(r) != self.tree(p).root()
         ]
@@ -425,9 +462,10 @@ class AntiEntropy:
     def start(self) -> None:
         if self.node.config.anti_entropy_interval_s > 0:  # 0 disables the periodic rounds
             self._task = asyncio.create_task(self._loop(), name="anti-entropy")
+            self._prepared = asyncio.create_task(self._prepare(), name="merkle-trees")
 
     async def stop(self) -> None:
-        for task in [self._task, *self._job_tasks]:
+        for task in [self._task, self._prepared, *self._job_tasks]:
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):

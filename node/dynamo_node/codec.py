@@ -129,9 +129,9 @@ def decode_object(data: bytes) -> Object:
     return obj
 
 
-def single_version(data: bytes) -> list[Any] | None:
-    """The one sibling of an encoded object, in its wire form (shape-checked), or None
-    when it holds none, several, or is not a valid encoding."""
+def _wire_siblings(data: bytes) -> list[Any] | None:
+    """The sibling list of an encoded object, unchecked beyond the outer layout (None
+    when that is not an object's)."""
     try:
         raw = msgpack.unpackb(data, raw=False, strict_map_key=True)
     except Exception:
@@ -139,7 +139,14 @@ def single_version(data: bytes) -> list[Any] | None:
     if not isinstance(raw, list) or len(raw) != 2 or raw[0] != FORMAT:
         return None
     siblings = raw[1]
-    if not isinstance(siblings, list) or len(siblings) != 1:
+    return siblings if isinstance(siblings, list) else None
+
+
+def single_version(data: bytes) -> list[Any] | None:
+    """The one sibling of an encoded object, in its wire form (shape-checked), or None
+    when it holds none, several, or is not a valid encoding."""
+    siblings = _wire_siblings(data)
+    if siblings is None or len(siblings) != 1:
         return None
     s = siblings[0]
     if not isinstance(s, list) or len(s) != 7:
@@ -187,6 +194,16 @@ def supersedes(incoming: bytes, stored: bytes) -> list[Any] | None:
     if new_saw_old and _past_counter(old[3], new[0]) < new[1]:
         return new
     return None
+
+
+def all_tombstones(data: bytes) -> bool:
+    """Whether an encoded object holds siblings and all of them are tombstones, read on
+    the wire (as `decode_object(data).all_tombstones()`, without building the object);
+    False for anything that is not a valid encoding."""
+    siblings = _wire_siblings(data)
+    if not siblings:
+        return False
+    return all(isinstance(s, list) and len(s) == 7 and s[5] is None for s in siblings)
 
 
 def digest(data: bytes) -> bytes:

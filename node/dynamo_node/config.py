@@ -55,8 +55,9 @@ class NodeConfig:
     durability: Durability = "wal"
     fsync_interval_s: float = 1.0
     #: recently written or read objects kept in memory (bytes, approximate; 0 = off),
-    #: like Cassandra's row cache: a hit skips RocksDB's memtable and block lookups
-    row_cache_bytes: int = 32 * MIB
+    #: like Cassandra's row cache: a hit skips RocksDB's memtable and block lookups.
+    #: None: 1/8 of the memory limit (`memory.default_row_cache_bytes`)
+    row_cache_bytes: int | None = None
 
     clock_max_entries: int = 10
     #: never prune a clock entry younger than this: replicas converge long before
@@ -138,7 +139,7 @@ class NodeConfig:
             raise InvalidRequest("TLS needs a CA file to verify peers (tls_ca_file)")
         if self.request_timeout_ms < 1:
             raise InvalidRequest("request_timeout_ms must be >= 1")
-        if self.row_cache_bytes < 0:
+        if self.row_cache_bytes is not None and self.row_cache_bytes < 0:
             raise InvalidRequest("row_cache_bytes must be >= 0")
 
 

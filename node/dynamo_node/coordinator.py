@@ -126,22 +126,26 @@ class Coordinator:
         return loop
 
     # --- plumbing --------------------------------------------------------------------
-    def _start(self, node: str, method: str, args: Any, timeout: float) -> asyncio.Future[Any]:
-        """Send a call to a peer; the future resolves with its answer or PeerError."""
+    def _start(
+        self, node: str, method: str, args: Any, timeout: float, observe: bool = True
+    ) -> asyncio.Future[Any]:
+        """Send a call to a peer; the future resolves with its answer or PeerError. Its
+        outcome tells the failure detector about the peer (`observe`; a caller with a
+        callback of its own on the future calls `_observe` there instead: one callback
+        fewer per call on the write path)."""
         fut = self.transport.start(node, method, args, max(0.001, timeout))
-        fut.add_done_callback(self._liveness(node))
+        if observe:
+            fut.add_done_callback(functools.partial(self._observe, node))
         return fut
 
-    def _liveness(self, node: str) -> Callable[[asyncio.Future[Any]], None]:
-        def observe(fut: asyncio.Future[Any]) -> None:
-            if fut.cancelled():
-                return
-            if fut.exception() is None:
-                self.view.report_alive(node)
-            elif isinstance(fut.exception(), PeerError):
-                self.view.report_unreachable(node)
-
-        return observe
+    def _observe(self, node: str, fut: asyncio.Future[Any]) -> None:
+        if fut.cancelled():
+            return
+        exc = fut.exception()
+        if exc is None:
+            self.view.report_alive(node)
+        elif isinstance(exc, PeerError):
+            self.view.report_unreachable(node)
 
     async def call(self, node: str, method: str, args: Any, timeout: float) -> Any:
         return await self._start(node, method, args, timeout)
@@ -382,9 +386,12 @@ class Coordinator:
         (counts toward W)."""
         loop = self.loop
         ack: asyncio.Future[bool] = loop.create_future()
-        fut = self._start(node, "merge", [skey, encoded, hint_for], deadline - loop.time())
+        fut = self._start(
+            node, "merge", [skey, encoded, hint_for], deadline - loop.time(), observe=False
+        )
 
         def done(f: asyncio.Future[Any]) -> None:
+            self._observe(node, f)
             if not f.cancelled() and f.exception() is None:
                 if not ack.done():
                     ack.set_result(True)

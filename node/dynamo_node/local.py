@@ -23,6 +23,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from .memory import default_row_cache_bytes, memory_limit
+
 START_TIMEOUT_S = 30.0
 STOP_GRACE_S = 15.0
 POLL_S = 0.1
@@ -174,6 +176,9 @@ def run_local(args: argparse.Namespace) -> int:
         if value is not None:
             node_args += [f"--{flag}", str(value)]
     cluster = LocalCluster(int(args.nodes), int(args.port), Path(args.data_dir), node_args)
+    # the nodes share this machine's memory: each gets its part of the default row cache
+    cache = default_row_cache_bytes(memory_limit(), cluster.count)
+    cluster.node_args += ["--row-cache-bytes", str(cache)]
 
     def on_signal(signum: int, frame: Any) -> None:
         raise _Stop

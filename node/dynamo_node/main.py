@@ -19,6 +19,7 @@ from aiohttp import web
 from .config import NodeConfig
 from .errors import DynamoError
 from .http1 import KvServer
+from .memory import MIB, default_row_cache_bytes, memory_limit
 from .metrics import Metrics
 from .node import Node
 from .storage_rocks import RocksStorage
@@ -93,11 +94,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--row-cache-bytes",
         dest="row_cache_bytes",
-        type=int,
-        help="memory for recently used objects (default 32 MiB; 0 disables)",
+        type=_cache_bytes,
+        help="memory for recently used objects: bytes, 0 (off) or auto (the default: "
+        "1/8 of the memory limit, cgroup or machine)",
     )
     p.add_argument("--log-level", default=os.environ.get("DYNAMO_LOG_LEVEL", "INFO"))
     return p.parse_args(argv)
+
+
+def _cache_bytes(text: str) -> int | None:
+    if text == "auto":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected bytes or 'auto', got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def row_cache_bytes(config: NodeConfig, limit: int | None) -> int:
+    """The row cache this node runs with: the configured size, else a share of `limit`."""
+    if config.row_cache_bytes is not None:
+        return config.row_cache_bytes
+    return default_row_cache_bytes(limit)
 
 
 def _read_token(path: str | None, env: str) -> str | None:
@@ -148,7 +169,14 @@ def build_config(args: argparse.Namespace) -> NodeConfig:
 
 
 async def serve(config: NodeConfig) -> None:
-    storage = RocksStorage(config.data_dir, row_cache_bytes=config.row_cache_bytes)
+    limit = memory_limit()
+    cache = row_cache_bytes(config, limit)
+    log.info(
+        "row cache %d MiB (memory limit %s)",
+        cache // MIB,
+        f"{limit // MIB} MiB" if limit else "unknown",
+    )
+    storage = RocksStorage(config.data_dir, row_cache_bytes=cache)
     node = Node(config, storage)
     metrics = Metrics()
     install_metrics(node, metrics)
@@ -232,6 +260,7 @@ def install_metrics(node: Node, metrics: Metrics) -> None:
             "ring_version": state.version if state else 0,
             "members_up": up,
             "transfers_in_progress": len(node.handoff.progress),
+            "row_cache_limit_bytes": getattr(node.storage, "row_cache_limit", 0),
         }
 
     def counters() -> dict[str, float]:

@@ -12,14 +12,22 @@ leaves are level `level_count - 1`; node `i` of a level has the children
 `range(i * fanout, ...)` on the next level. Two trees can be compared only if they have
 the same shape (`shape`); the sync protocol must agree on it before descending.
 
-Contents: the tree mirrors a mapping khash -> digest without storing it. A key belongs to
-segment `segment_of(khash)` = blake2b(khash) mod segments: the storage key begins with the
-partition's hash bits, which all keys of a partition share, so those bytes cannot spread
-the keys. A leaf is the XOR of H(len(khash) || khash || digest) over the keys of its
-segment, so inserting, removing or updating a key costs O(1) hashing on the leaf.
+Contents: the tree mirrors a mapping khash -> item without storing it, where an item is
+`item_digest(khash, version)`: one BLAKE2b over the key and the bytes of its stored
+version, so it binds both (two keys holding equal versions never cancel out). A key
+belongs to the segment given by the bits of its hash right after the first
+`prefix_bits` (the partition's bits, which every key of a partition shares): storage
+keys begin with that hash, big-endian, so the keys of a segment are one contiguous key
+range, and listing a segment reads that range only. A leaf is the XOR of the items of
+its segment, so inserting, removing or updating a key costs one XOR on the leaf.
+
+Layout history: until layout 2 a key's segment was a hash of the key and a leaf held
+H(khash || H(version)) per key: three more hashes per write, and a segment's keys were
+spread over its whole partition. Trees of different layouts cannot be compared
+(`antientropy` versions its calls by `LAYOUT`).
 
 Invariants:
-- The root depends only on the set of (khash, digest) pairs, never on the order of
+- The root depends only on the set of (khash, item) pairs, never on the order of
   updates; `update(k, a, b)` is `remove(k, a)` followed by `insert(k, b)`.
 - An empty subtree hashes to `EMPTY_HASH` (16 zero bytes), so every empty tree has the
   root `EMPTY_HASH` whatever its shape; an inner node is otherwise H(its children).
@@ -27,7 +35,7 @@ Invariants:
   node's ancestors are always dirty too, so marking stops at the first dirty one), and any
   read (`root`, `hashes`) first recomputes the dirty nodes bottom-up: O(dirty), not O(all).
 - The caller keeps the tree in step with the store: insert only absent keys, remove only
-  present (khash, digest) pairs. XOR cannot see a duplicate insert; a per-segment key count
+  present (khash, item) pairs. XOR cannot see a duplicate insert; a per-segment key count
   catches the misuse that empties a segment to a non-empty hash (ValueError, tree unchanged).
 """
 
@@ -38,6 +46,8 @@ from dataclasses import dataclass
 from hashlib import blake2b
 from typing import Protocol
 
+#: the tree layout (see "Layout history")
+LAYOUT = 2
 HASH_SIZE = 16
 EMPTY_HASH = bytes(HASH_SIZE)
 DEFAULT_SEGMENTS = 1024
@@ -45,19 +55,21 @@ DEFAULT_FANOUT = 16
 #: a leaf costs ~60 bytes of memory; a node holds one tree per partition replica
 MAX_SEGMENTS = 1 << 20
 
-_SEGMENT_PERSON = b"dynamokv.seg"
-_LEAF_PERSON = b"dynamokv.leaf"
+_ITEM_PERSON = b"dynamokv.item"
 _NODE_PERSON = b"dynamokv.node"
+#: bits of the hash every key begins with
+KEY_HASH_BITS = 64
 
 
 def _is_power_of_two(n: int) -> bool:
     return n > 0 and n & (n - 1) == 0
 
 
-def _key_hash(khash: bytes, digest: bytes) -> int:
-    # The length prefix keeps (khash, digest) pairs unambiguous when they are concatenated.
-    data = len(khash).to_bytes(4, "big") + khash + digest
-    return int.from_bytes(blake2b(data, digest_size=HASH_SIZE, person=_LEAF_PERSON).digest())
+def item_digest(khash: bytes, version: bytes) -> bytes:
+    """What the tree holds for `khash` storing `version` (its encoded bytes)."""
+    # the length prefix keeps (khash, version) pairs unambiguous once concatenated
+    data = len(khash).to_bytes(4, "big") + khash + version
+    return blake2b(data, digest_size=HASH_SIZE, person=_ITEM_PERSON).digest()
 
 
 def _node_hash(children: bytes) -> bytes:
@@ -69,15 +81,30 @@ def _node_hash(children: bytes) -> bytes:
 class MerkleTree:
     """The hash tree of one partition replica; see the module docstring."""
 
-    __slots__ = ("_counts", "_dirty", "_fanout", "_inner", "_leaves", "_segments", "_sizes")
+    __slots__ = (
+        "_counts",
+        "_dirty",
+        "_fanout",
+        "_inner",
+        "_leaves",
+        "_segments",
+        "_shift",
+        "_sizes",
+    )
 
-    def __init__(self, segments: int = DEFAULT_SEGMENTS, fanout: int = DEFAULT_FANOUT) -> None:
+    def __init__(
+        self, segments: int = DEFAULT_SEGMENTS, fanout: int = DEFAULT_FANOUT, prefix_bits: int = 0
+    ) -> None:
         if not _is_power_of_two(segments) or segments > MAX_SEGMENTS:
             raise ValueError(f"segments must be a power of two <= {MAX_SEGMENTS}: {segments}")
         if not _is_power_of_two(fanout) or fanout < 2:
             raise ValueError(f"fanout must be a power of two >= 2: {fanout}")
+        segment_bits = segments.bit_length() - 1
+        if not 0 <= prefix_bits <= KEY_HASH_BITS - segment_bits:
+            raise ValueError(f"prefix_bits must leave {segment_bits} bits: {prefix_bits}")
         self._segments = segments
         self._fanout = fanout
+        self._shift = KEY_HASH_BITS - prefix_bits - segment_bits
         sizes = [segments]
         while sizes[-1] > 1:
             sizes.append(max(1, sizes[-1] // fanout))
@@ -94,13 +121,14 @@ class MerkleTree:
         items: Iterable[tuple[bytes, bytes]],
         segments: int = DEFAULT_SEGMENTS,
         fanout: int = DEFAULT_FANOUT,
+        prefix_bits: int = 0,
     ) -> MerkleTree:
-        """A tree of (khash, digest) pairs with distinct khashes (e.g. a store scan)."""
-        tree = cls(segments, fanout)
+        """A tree of (khash, item) pairs with distinct khashes (e.g. a store scan)."""
+        tree = cls(segments, fanout, prefix_bits)
         leaves, counts, segment_of = tree._leaves, tree._counts, tree.segment_of
-        for khash, digest in items:
+        for khash, item in items:
             seg = segment_of(khash)
-            leaves[seg] ^= _key_hash(khash, digest)
+            leaves[seg] ^= int.from_bytes(item)
             counts[seg] += 1
         tree._dirty = [set(range(n)) for n in tree._sizes[:-1]]
         return tree
@@ -142,28 +170,33 @@ class MerkleTree:
         return range(start, min(start + self._fanout, self._sizes[level + 1]))
 
     def segment_of(self, khash: bytes) -> int:
-        """The leaf that covers `khash`; depends on `segments` only, not on the digest."""
-        h = blake2b(khash, digest_size=8, person=_SEGMENT_PERSON).digest()
-        return int.from_bytes(h) & (self._segments - 1)
+        """The leaf that covers `khash` (which begins with its 64-bit hash, big-endian):
+        the hash bits after the first `prefix_bits`."""
+        return (int.from_bytes(khash[:8]) >> self._shift) & (self._segments - 1)
+
+    def segment_span(self, segment: int) -> tuple[int, int]:
+        """The key hashes [lo, hi) of `segment` below a prefix of zeros: add the prefix
+        (the partition's first hash) to get the storage range of the segment."""
+        return segment << self._shift, (segment + 1) << self._shift
 
     # --- contents ------------------------------------------------------------------
-    def insert(self, khash: bytes, digest: bytes) -> None:
-        self.update(khash, None, digest)
+    def insert(self, khash: bytes, item: bytes) -> None:
+        self.update(khash, None, item)
 
-    def remove(self, khash: bytes, digest: bytes) -> None:
-        self.update(khash, digest, None)
+    def remove(self, khash: bytes, item: bytes) -> None:
+        self.update(khash, item, None)
 
-    def update(self, khash: bytes, old_digest: bytes | None, new_digest: bytes | None) -> None:
-        """Replace (khash, old_digest) by (khash, new_digest); None means absent."""
-        if old_digest == new_digest:
+    def update(self, khash: bytes, old_item: bytes | None, new_item: bytes | None) -> None:
+        """Replace (khash, old_item) by (khash, new_item); None means absent."""
+        if old_item == new_item:
             return
-        seg = self.segment_of(khash)
+        seg = (int.from_bytes(khash[:8]) >> self._shift) & (self._segments - 1)
         leaf, count = self._leaves[seg], self._counts[seg]
-        if old_digest is not None:
-            leaf ^= _key_hash(khash, old_digest)
+        if old_item is not None:
+            leaf ^= int.from_bytes(old_item)
             count -= 1
-        if new_digest is not None:
-            leaf ^= _key_hash(khash, new_digest)
+        if new_item is not None:
+            leaf ^= int.from_bytes(new_item)
             count += 1
         if count < 0 or (count == 0 and leaf != 0):
             raise ValueError(f"segment {seg} is out of step with the store: removed an absent key")
@@ -304,7 +337,7 @@ async def adiff_segments(
 def diff_keys(
     local: Mapping[bytes, bytes], remote: Mapping[bytes, bytes]
 ) -> tuple[list[bytes], list[bytes], list[bytes]]:
-    """Compare the khash -> digest maps of differing segments on both sides.
+    """Compare the khash -> item maps of differing segments on both sides.
 
     Returns sorted (only_local, only_remote, differing) khashes.
     """

@@ -112,6 +112,10 @@ class RocksStorage:
         self.row_hits = 0
         self.row_misses = 0
 
+    @property
+    def row_cache_limit(self) -> int:
+        return self._rows_limit
+
     def _remember(self, key: bytes, value: bytes | None) -> None:
         """Keep (or forget) an object's stored bytes in the row cache."""
         rows = self._rows

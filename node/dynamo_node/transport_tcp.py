@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import hmac
 import logging
+import math
 import socket
 import struct
 from collections.abc import Callable
@@ -28,6 +30,9 @@ from .transport import Handler, RemoteError
 
 log = logging.getLogger("dynamo.transport")
 
+#: a call's deadline counts as reached this much early (timers fire on a ms clock)
+DEADLINE_SLACK_S = 0.001
+
 MAX_FRAME = 64 * 1024 * 1024
 _LEN = struct.Struct(">I")
 HELLO = "hello"
@@ -39,23 +44,35 @@ def _pack(obj: Any) -> bytes:
 
 
 class _Framer:
-    """Splits a byte stream into msgpack frames."""
+    """Splits a byte stream into msgpack frames. Frames are decoded in place, from a view
+    of the bytes received: a chunk holding many frames is neither copied per frame nor
+    shifted after each one; only an incomplete tail is kept for the next chunk."""
 
     def __init__(self) -> None:
-        self._buf = bytearray()
+        self._buf = bytearray()  # an incomplete frame (appended to in place: a large
+        # frame arriving in many chunks is not copied once per chunk)
 
     def feed(self, data: bytes) -> list[Any]:
-        self._buf += data
+        buf: bytes | bytearray = data
+        if self._buf:
+            self._buf += data
+            buf = self._buf
         out: list[Any] = []
-        buf = self._buf
-        while len(buf) >= 4:
-            (size,) = _LEN.unpack_from(buf)
-            if size > MAX_FRAME:
-                raise ValueError(f"frame of {size} bytes exceeds the limit")
-            if len(buf) < 4 + size:
-                break
-            out.append(msgpack.unpackb(bytes(buf[4 : 4 + size]), raw=False))
-            del buf[: 4 + size]
+        pos, end = 0, len(buf)
+        with memoryview(buf) as view:
+            while end - pos >= 4:
+                (size,) = _LEN.unpack_from(buf, pos)
+                if size > MAX_FRAME:
+                    raise ValueError(f"frame of {size} bytes exceeds the limit")
+                stop = pos + 4 + size
+                if stop > end:
+                    break
+                out.append(msgpack.unpackb(view[pos + 4 : stop], raw=False))
+                pos = stop
+        if pos == end:
+            self._buf = bytearray()
+        elif pos or buf is not self._buf:
+            self._buf = bytearray(buf[pos:])
         return out
 
 
@@ -285,6 +302,10 @@ class _ClientProtocol(asyncio.Protocol):
         return fut
 
 
+#: (deadline, call id, connection, future, method, sent): the call id orders equal deadlines
+_Deadline = tuple[float, int, "_ClientProtocol", "asyncio.Future[Any]", str, float]
+
+
 class TcpTransport:
     """Client side: one lazily (re)connected, multiplexed connection per peer."""
 
@@ -305,6 +326,12 @@ class TcpTransport:
         self._connecting: dict[str, asyncio.Future[_ClientProtocol]] = {}
         self._next_id = 1
         self.calls = 0
+        #: deadlines of the calls made with `start`, a heap with one timer armed for its
+        #: earliest entry (a timer per call cost more than the call's own framing);
+        #: answered calls leave it lazily, when they reach its top
+        self._deadlines: list[_Deadline] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf
 
     async def _connection(self, node: str, deadline: float) -> _ClientProtocol:
         conn = self._conns.get(node)
@@ -374,18 +401,35 @@ class TcpTransport:
         self._next_id += 1
         msg_id = self._next_id
         self.calls += 1
-        sent = loop.time()
         fut = conn.send(msg_id, method, args)
-
-        def expire() -> None:
-            if not fut.done():
-                conn.pending.pop(msg_id, None)
-                fut.set_exception(PeerError(f"{node}: {method} timed out after {timeout:.3f}s"))
-                self._expired(node, conn, sent)
-
-        timer = loop.call_later(timeout, expire)
-        fut.add_done_callback(lambda _f: timer.cancel())
+        sent = loop.time()
+        deadline = sent + timeout
+        heapq.heappush(self._deadlines, (deadline, msg_id, conn, fut, method, sent))
+        if deadline < self._timer_at:
+            self._arm(loop, deadline)
         return fut
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = loop.call_at(when, self._expire_due, loop)
+
+    def _expire_due(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Fail the calls whose deadline passed; drop answered ones from the heap top."""
+        self._timer, self._timer_at = None, math.inf
+        heap = self._deadlines
+        due = loop.time() + DEADLINE_SLACK_S
+        while heap and (heap[0][0] <= due or heap[0][3].done()):
+            deadline, msg_id, conn, fut, method, sent = heapq.heappop(heap)
+            if fut.done():
+                continue
+            conn.pending.pop(msg_id, None)
+            took = deadline - sent
+            fut.set_exception(PeerError(f"{conn.node}: {method} timed out after {took:.3f}s"))
+            self._expired(conn.node, conn, sent)
+        if heap:
+            self._arm(loop, heap[0][0])
 
     def _expired(self, node: str, conn: _ClientProtocol, sent: float) -> None:
         """A call timed out: if nothing at all came back on its connection since it was
@@ -401,6 +445,9 @@ class TcpTransport:
             conn.transport.close()
 
     async def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer, self._timer_at = None, math.inf
         for node in list(self._conns):
             self.drop(node)
         for fut in list(self._connecting.values()):

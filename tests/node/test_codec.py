@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from dynamo_node.codec import (
     FORMAT,
     CodecError,
+    all_tombstones,
     clock_from_wire,
     clock_to_wire,
     decode_object,
@@ -390,3 +391,16 @@ def test_supersedes_needs_one_version_on_each_side() -> None:
     for garbage in (b"", b"\xc1", msgpack.packb([FORMAT, [[1, 2, 3]]]), msgpack.packb({})):
         assert supersedes(garbage, encode_object(Object((old,)))) is None
         assert supersedes(encode_object(Object((new,))), garbage) is None
+
+
+@given(objects_st)
+def test_all_tombstones_on_the_wire_agrees_with_the_object(obj: Object) -> None:
+    data = encode_object(obj)
+    assert all_tombstones(data) == (not obj.empty and obj.all_tombstones())
+
+
+@given(st.binary(max_size=200))
+def test_all_tombstones_of_garbage_is_false(data: bytes) -> None:
+    assert all_tombstones(data) in (False, True)  # never raises
+    if all_tombstones(data):
+        assert decode_object(data).all_tombstones()

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from dynamo_node.memory import default_row_cache_bytes, memory_limit
 from tests.harness import free_port, http, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
@@ -105,6 +106,13 @@ def test_local_cluster_runs_stops_and_restarts_with_its_data(tmp_path: Path) -> 
         members = json.loads(body)["members"]
         assert sorted(m["node"] for m in members) == ["node0", "node1", "node2"]
         assert all(m["partitions"] > 0 for m in members)
+        # the three nodes share the machine's memory: each runs a third of the default
+        # row cache
+        share = default_row_cache_bytes(memory_limit(), 3)
+        for i in range(3):
+            metrics = http("GET", f"http://127.0.0.1:{base + i}/metrics")[2].decode()
+            (line,) = [x for x in metrics.splitlines() if x.startswith("dynamo_row_cache_limit_")]
+            assert float(line.split()[1]) == share
         for i in range(20):
             url = f"http://127.0.0.1:{base + i % 3}/v1/kv/key{i}?w=3"
             assert http("PUT", url, f"v{i}".encode())[0] == 204

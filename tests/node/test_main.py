@@ -7,7 +7,15 @@ from collections.abc import Iterator
 
 import pytest
 
-from dynamo_node.main import GC_GEN0_THRESHOLD, build_config, parse_args, tune_gc
+from dynamo_node.main import (
+    GC_GEN0_THRESHOLD,
+    build_config,
+    parse_args,
+    row_cache_bytes,
+    tune_gc,
+)
+
+GIB = 1024**3
 
 
 @pytest.fixture
@@ -28,5 +36,18 @@ def test_tune_gc_freezes_startup_objects_and_widens_the_young_generation(
 
 def test_row_cache_flag() -> None:
     args = ["--data-dir", "/tmp/x", "--port", "7070"]
-    assert build_config(parse_args(args)).row_cache_bytes == 32 * 1024 * 1024
-    assert build_config(parse_args([*args, "--row-cache-bytes", "0"])).row_cache_bytes == 0
+    auto = build_config(parse_args(args))
+    assert auto.row_cache_bytes is None
+    assert row_cache_bytes(auto, 8 * GIB) == GIB  # 1/8 of the memory limit
+    assert build_config(parse_args([*args, "--row-cache-bytes", "auto"])).row_cache_bytes is None
+    off = build_config(parse_args([*args, "--row-cache-bytes", "0"]))
+    assert row_cache_bytes(off, 8 * GIB) == 0
+    sized = build_config(parse_args([*args, "--row-cache-bytes", "1000000"]))
+    assert row_cache_bytes(sized, 8 * GIB) == 1_000_000
+
+
+@pytest.mark.parametrize("bad", ["-1", "lots", "1.5"])
+def test_row_cache_flag_rejects_bad_sizes(bad: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        parse_args(["--data-dir", "/tmp/x", "--port", "7070", "--row-cache-bytes", bad])
+    assert "--row-cache-bytes" in capsys.readouterr().err

@@ -16,6 +16,7 @@ from dynamo_node.merkle import (
     adiff_segments,
     diff_keys,
     diff_segments,
+    item_digest,
 )
 
 
@@ -56,9 +57,9 @@ class AsyncSource:
 
 keys_st = st.dictionaries(
     st.binary(min_size=1, max_size=24).map(lambda b: b"\x3a" * 8 + b),
-    st.binary(min_size=16, max_size=16),
+    st.binary(max_size=16),
     max_size=60,
-)
+).map(lambda d: {k: item_digest(k, v) for k, v in d.items()})  # items as the store makes them
 shapes = st.sampled_from([(1, 2), (8, 2), (64, 4), (1024, 16), (256, 16), (128, 8)])
 
 
@@ -98,11 +99,40 @@ def test_bad_indices_raise() -> None:
 
 
 def test_segments_spread_keys_of_one_partition() -> None:
-    tree = MerkleTree()
+    tree = MerkleTree(prefix_bits=8)  # the test keys share their top 8 bits (a partition)
     segs = [tree.segment_of(k) for k in dataset(20_000)]
     counts = [segs.count(s) for s in range(tree.segments)]
     assert min(counts) > 0  # the shared high bits do not collapse keys into a few buckets
     assert max(counts) < 3 * 20_000 / tree.segments
+    # without skipping the shared bits, they would
+    assert len({MerkleTree().segment_of(k) for k in dataset(1000)}) == 4
+
+
+def test_a_segment_is_one_key_range() -> None:
+    """Storage keys sort by their hash, so a segment's keys are contiguous: listing the
+    keys of a segment reads that range only."""
+    tree = MerkleTree(256, 16, prefix_bits=8)
+    keys = sorted(dataset(5000))
+    segs = [tree.segment_of(k) for k in keys]
+    assert segs == sorted(segs)
+    base = 0x3A << 56  # the partition's first hash (test keys pin the top 8 bits)
+    for k, seg in zip(keys, segs, strict=True):
+        lo, hi = tree.segment_span(seg)
+        assert base + lo <= int.from_bytes(k[:8]) < base + hi
+    with pytest.raises(ValueError, match="prefix_bits"):
+        MerkleTree(256, 16, prefix_bits=57)
+
+
+def test_items_bind_the_key_and_the_version() -> None:
+    a, b = khash("a"), khash("b")
+    assert item_digest(a, b"v") != item_digest(b, b"v") != item_digest(b, b"w")
+    assert item_digest(a, b"v") == item_digest(a, b"v")
+    assert len(item_digest(a, b"v")) == 16
+    # two keys of one segment holding the same version do not cancel out
+    tree = MerkleTree(1, 2)
+    tree.insert(a, item_digest(a, b"v"))
+    tree.insert(b, item_digest(b, b"v"))
+    assert tree.root() != EMPTY_HASH
 
 
 # --- algebra ------------------------------------------------------------------------
@@ -301,11 +331,11 @@ def big() -> dict[bytes, bytes]:
 
 def test_traffic_grows_with_differences_not_with_data(big: dict[bytes, bytes]) -> None:
     shape = (65536, 16)  # five levels: 1, 16, 256, 4096, 65536
-    local = MerkleTree.build(big.items(), *shape)
+    local = MerkleTree.build(big.items(), *shape, prefix_bits=8)
     transferred: dict[int, int] = {}
     for d in (10, 1000):
         other, _ = mutate(big, d)
-        segs, stats = diff_segments(local, MerkleTree.build(other.items(), *shape))
+        segs, stats = diff_segments(local, MerkleTree.build(other.items(), *shape, prefix_bits=8))
         assert 0 < len(segs) <= d
         assert stats.calls == local.level_count
         assert stats.hashes_transferred <= d * local.level_count * local.fanout + local.fanout
@@ -316,7 +346,8 @@ def test_traffic_grows_with_differences_not_with_data(big: dict[bytes, bytes]) -
     small = dict(list(big.items())[:5000])
     small_other, _ = mutate(small, 10)
     _, small_stats = diff_segments(
-        MerkleTree.build(small.items(), *shape), MerkleTree.build(small_other.items(), *shape)
+        MerkleTree.build(small.items(), *shape, prefix_bits=8),
+        MerkleTree.build(small_other.items(), *shape, prefix_bits=8),
     )
     assert abs(small_stats.hashes_transferred - transferred[10]) <= 4 * local.fanout
 

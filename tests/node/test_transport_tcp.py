@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import struct
 from typing import Any
 
@@ -49,6 +50,40 @@ async def test_calls_errors_and_timeouts() -> None:
         await server.stop()
 
 
+async def test_started_calls_expire_at_their_own_deadlines() -> None:
+    """`start` keeps its calls' deadlines in one heap with one timer: each call still
+    fails at its own deadline, in deadline order whatever the order of the calls, and
+    answered calls are neither failed nor kept."""
+    server, port = await _server()
+    client = TcpTransport("me", lambda _n: ("127.0.0.1", port), token=TOKEN)
+    loop = asyncio.get_running_loop()
+    try:
+        await client.call("peer", "echo", 0, 2)  # connected: `start` takes the fast path
+        t0 = loop.time()
+        failed_at: dict[str, float] = {}
+        calls = {
+            name: client.start("peer", "slow", None, timeout)
+            for name, timeout in (("late", 0.6), ("early", 0.2), ("middle", 0.4))
+        }
+        answered = [client.start("peer", "echo", i, 0.3) for i in range(50)]
+        for name, fut in calls.items():
+            fut.add_done_callback(lambda _f, name=name: failed_at.setdefault(name, loop.time()))
+        assert [await fut for fut in answered] == [["me", i] for i in range(50)]
+        for fut in calls.values():
+            with pytest.raises(PeerError, match=r"slow timed out after 0\.[246]00s"):
+                await fut
+        assert sorted(failed_at, key=failed_at.__getitem__) == ["early", "middle", "late"]
+        for name, timeout in (("early", 0.2), ("middle", 0.4), ("late", 0.6)):
+            assert timeout - 0.01 <= failed_at[name] - t0 < timeout + 0.5
+        # the connection answered all along, so it is kept
+        assert await client.start("peer", "echo", "still", 2) == ["me", "still"]
+        await asyncio.sleep(0)
+        assert len(client._deadlines) <= 1  # answered entries left with the last expiry
+    finally:
+        await client.close()
+        await server.stop()
+
+
 async def test_a_wrong_token_is_refused() -> None:
     server, port = await _server()
     client = TcpTransport("me", lambda _n: ("127.0.0.1", port), token="wrong")
@@ -75,6 +110,34 @@ def test_the_framer_raises_only_value_errors_on_garbage(data: bytes) -> None:
 def _frame(obj: Any) -> bytes:
     body = msgpack.packb(obj, use_bin_type=True)
     return struct.pack(">I", len(body)) + body
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.lists(st.binary(max_size=300) | st.integers(0, 2**32), max_size=4), max_size=8),
+    st.lists(st.integers(0, 4000), max_size=12),
+)
+def test_the_framer_reassembles_frames_however_the_stream_is_cut(
+    messages: list[list[Any]], cuts: list[int]
+) -> None:
+    stream = b"".join(_frame(m) for m in messages)
+    points = sorted({c % (len(stream) + 1) for c in cuts} | {0, len(stream)})
+    framer = _Framer()
+    got: list[Any] = []
+    for a, b in itertools.pairwise(points):
+        got += framer.feed(stream[a:b])
+    assert got == messages
+    assert framer.feed(b"") == []
+
+
+def test_a_large_frame_arriving_in_small_chunks() -> None:
+    big = [b"x" * 1_000_000, 7]
+    stream = _frame(big) + _frame("next")
+    framer = _Framer()
+    got: list[Any] = []
+    for i in range(0, len(stream), 1000):
+        got += framer.feed(stream[i : i + 1000])
+    assert got == [big, "next"]
 
 
 garbage = st.one_of(
