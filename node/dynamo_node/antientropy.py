@@ -21,6 +21,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -105,6 +106,8 @@ class AntiEntropy:
     def __init__(self, node: Node) -> None:
         self.node = node
         self.trees: dict[int, MerkleTree] = {}
+        #: per partition, the segments written since its tree was last read
+        self._stale: dict[int, set[int]] = {}
         #: per partition, keys that may be all tombstones (None: not scanned yet)
         self.tombstones: dict[int, set[bytes]] = {}
         self.stats = AEStats()
@@ -134,15 +137,21 @@ class AntiEntropy:
         return partition_of(int.from_bytes(skey[:8], "big"), self._partitions())
 
     def _on_change(self, skey: bytes, old: bytes | None, new: bytes | None) -> None:
-        if not self.trees or self.node.state is None:
-            return  # no tree built yet (they are built at the first exchange)
-        tree = self.trees.get(self._partition_of_skey(skey))
+        """A write marks its segment stale, nothing more: hashing every write (both
+        versions, ~1 KiB each) cost a replica ~10 us per write; the next read of the
+        tree rehashes its stale segments from their key ranges, once per segment
+        however many writes it took."""
+        state = self.node.state
+        if not self.trees or state is None:
+            return  # no tree built yet
+        p = partition_of(int.from_bytes(skey[:8]), state.partitions)
+        tree = self.trees.get(p)
         if tree is not None:
-            tree.update(
-                skey,
-                item_digest(skey, old) if old else None,
-                item_digest(skey, new) if new else None,
-            )
+            stale = self._stale.get(p)
+            if stale is None:
+                self._stale[p] = {tree.segment_of(skey)}
+            else:
+                stale.add(tree.segment_of(skey))
 
     def _on_tombstone(self, skey: bytes) -> None:
         if self.node.state is None:
@@ -159,10 +168,18 @@ class AntiEntropy:
         return known
 
     def tree(self, p: int) -> MerkleTree:
+        """p's tree, current: built on first use, its stale segments rehashed."""
         tree = self.trees.get(p)
         if tree is None:
             self._scan(p)
-            tree = self.trees[p]
+            return self.trees[p]
+        stale = self._stale.pop(p, None)
+        if stale:
+            items: dict[int, list[bytes]] = {segment: [] for segment in stale}
+            for skey, raw in self._read_segments(p, tree, stale):
+                items[tree.segment_of(skey)].append(item_digest(skey, raw))
+            for segment, found in items.items():
+                tree.set_segment(segment, found)
         return tree
 
     def _scan(self, p: int) -> None:
@@ -181,6 +198,7 @@ class AntiEntropy:
             self.trees[p] = MerkleTree.build(
                 items, segments=SEGMENTS, fanout=FANOUT, prefix_bits=partitions.bit_length() - 1
             )
+            self._stale.pop(p, None)
         self.tombstones.setdefault(p, tombstones)
 
     async def _prepare(self) -> None:
@@ -196,11 +214,18 @@ class AntiEntropy:
             await asyncio.sleep(0)
 
     def _segment_items(self, p: int, segments: set[int]) -> dict[bytes, bytes]:
-        """khash -> item of the keys in `segments` of p: each segment is a key range of
-        its own (`MerkleTree.segment_span`), so only those ranges are read."""
+        """khash -> item of the keys in `segments` of p, read from the store."""
         tree = self.tree(p)
         if any(not 0 <= s < tree.segments for s in segments):
             raise InvalidRequest("bad segment")
+        return {k: item_digest(k, v) for k, v in self._read_segments(p, tree, segments)}
+
+    def _read_segments(
+        self, p: int, tree: MerkleTree, segments: set[int]
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """The stored (key, bytes) of `segments` of p: each segment is a key range of its
+        own (`MerkleTree.segment_span`), so only those ranges are read, one scan per
+        run of adjacent segments."""
         base, _ = partition_range(p, self._partitions())
         runs: list[list[int]] = []  # [first, last] of each run of adjacent segments
         for segment in sorted(segments):
@@ -208,13 +233,10 @@ class AntiEntropy:
                 runs[-1][1] = segment
             else:
                 runs.append([segment, segment])
-        items: dict[bytes, bytes] = {}
         for first, last in runs:
             lo, hi = base + tree.segment_span(first)[0], base + tree.segment_span(last)[1]
             end = hash_prefix(hi) if hi < 1 << 64 else None
-            for k, v in self.node.storage.iter_range(Family.OBJECTS, hash_prefix(lo), end):
-                items[k] = item_digest(k, v)
-        return items
+            yield from self.node.storage.iter_range(Family.OBJECTS, hash_prefix(lo), end)
 
     # --- calls with byte accounting ---------------------------------------------------------
     async def call(self, peer: str, method: str, args: Any) -> Any:
@@ -347,7 +369,13 @@ class AntiEntropy:
         return p
 
     async def _rpc_roots(self, args: Any, caller: str) -> list[bytes]:
-        return [self.tree(self._check_p(p)).root() for p in args[0]]
+        roots = []
+        for p in args[0]:
+            roots.append(self.tree(self._check_p(p)).root())
+            # a tree read rehashes the segments written since the last one (a whole
+            # partition's after a minute of writes): requests get the loop in between
+            await asyncio.sleep(0)
+        return roots
 
     async def _rpc_hashes(self, args: Any, caller: str) -> list[bytes]:
         p, level, indices = args
@@ -389,9 +417,12 @@ class AntiEntropy:
     async def _differing(self, peer: str, partitions: list[int]) -> list[int]:
         """The partitions among `partitions` whose roots differ on `peer` (one call)."""
         roots = await self.call(peer, ROOTS, [partitions])
-        return [
-            p for p, r in zip(partitions, roots, strict=True) if bytes(r) != self.tree(p).root()
-        ]
+        differing = []
+        for p, root in zip(partitions, roots, strict=True):
+            if bytes(root) != self.tree(p).root():
+                differing.append(p)
+            await asyncio.sleep(0)  # see _rpc_roots
+        return differing
 
     async def _run_job(self, job: Job) -> None:
         state = self.node.require_state()

@@ -73,11 +73,11 @@ class CoordinatorStats:
 
 class LocalReplica(Protocol):
     """This node's own replica, called directly (no encoding, no task). `put` and
-    `merge` apply at once (readable); `durable()` must be awaited before acknowledging
-    when `needs_barrier` (durability "sync", or the write's group not yet applied)."""
+    `merge` apply at once (readable); a write is acknowledged only once the future of
+    `durable_future()` (if any) resolved (durability "sync": fsynced; "wal": its group
+    applied)."""
 
-    @property
-    def needs_barrier(self) -> bool: ...
+    def durable_future(self) -> asyncio.Future[None] | None: ...
 
     def read(self, skey: bytes) -> Object: ...
 
@@ -93,8 +93,6 @@ class LocalReplica(Protocol):
     ) -> Object: ...
 
     def merge(self, skey: bytes, obj: Object, hint_for: str | None) -> None: ...
-
-    async def durable(self) -> None: ...
 
 
 class Coordinator:
@@ -307,10 +305,9 @@ class Coordinator:
         encoded = encode_object(obj)
         others = [t for t in targets if t[0] != coordinator]
         spare = [f for f in placement.fallbacks if all(f != t[0] for t in targets)]
-        acks = [
-            self._replicate(node, hint_for, skey, encoded, obj, spare, deadline)
-            for node, hint_for in others
-        ]
+        votes = _Votes(loop, need - 1, len(others))  # the coordinator's own counts
+        for node, hint_for in others:
+            self._replicate(votes, node, hint_for, skey, encoded, obj, spare, deadline)
         if self.config.hinted_handoff:
             for node in placement.unplaced:
                 if node != self.me:
@@ -318,12 +315,10 @@ class Coordinator:
         for node in placement.pending:
             if node != coordinator and all(node != t[0] for t in others):
                 self._background(self._to_pending(node, skey, encoded, obj))
-        if coordinator == self.me and self.local.needs_barrier:
-            await self.local.durable()
-        acked = 1
-        if acked < need:
-            await self._quorum(acks, need - acked, _is_true, deadline)
-        acked += sum(1 for fut in acks if _is_true(fut))
+        if coordinator == self.me:
+            votes.wait_local(self.local.durable_future())
+        await votes.wait(deadline)
+        acked = 1 + votes.ok
         if acked < need:
             self.stats.quorum_failures += 1
             raise QuorumNotMet(
@@ -372,6 +367,7 @@ class Coordinator:
 
     def _replicate(
         self,
+        votes: _Votes,
         node: str,
         hint_for: str | None,
         skey: bytes,
@@ -379,13 +375,12 @@ class Coordinator:
         obj: Object,
         spare: list[str],
         deadline: float,
-    ) -> asyncio.Future[bool]:
-        """Send a version to one target. On failure a background task tries the next
-        spare fallback with a hint, and if none takes it keeps the hint here so the
-        replica gets it later. Resolves True when some node stands for this replica
-        (counts toward W)."""
+    ) -> None:
+        """Send a version to one target; its answer is its vote. On failure a
+        background task tries the next spare fallback with a hint, and if none takes it
+        keeps the hint here so the replica gets it later; it votes yes when some node
+        stands for this replica (counts toward W)."""
         loop = self.loop
-        ack: asyncio.Future[bool] = loop.create_future()
         fut = self._start(
             node, "merge", [skey, encoded, hint_for], deadline - loop.time(), observe=False
         )
@@ -393,19 +388,17 @@ class Coordinator:
         def done(f: asyncio.Future[Any]) -> None:
             self._observe(node, f)
             if not f.cancelled() and f.exception() is None:
-                if not ack.done():
-                    ack.set_result(True)
+                votes.vote(True)
                 return
             self._background(
-                self._fall_back(ack, hint_for or node, skey, encoded, obj, spare, deadline)
+                self._fall_back(votes, hint_for or node, skey, encoded, obj, spare, deadline)
             )
 
         fut.add_done_callback(done)
-        return ack
 
     async def _fall_back(
         self,
-        ack: asyncio.Future[bool],
+        votes: _Votes,
         intended: str,
         skey: bytes,
         encoded: bytes,
@@ -424,11 +417,9 @@ class Coordinator:
                 )
             except (PeerError, TimeoutError):
                 continue
-            if not ack.done():
-                ack.set_result(True)
+            votes.vote(True)
             return
-        if not ack.done():
-            ack.set_result(False)
+        votes.vote(False)
         if intended != self.me and self.config.hinted_handoff:
             self.hints.store(skey, intended, obj)
             await self.hints.durable()
@@ -442,6 +433,68 @@ class Coordinator:
         except (PeerError, TimeoutError):
             self.hints.store(skey, node, obj)
             await self.hints.durable()
+
+
+class _Votes:
+    """The acknowledgements of one write, counted in the replicas' own callbacks (no
+    future per replica): `wait` returns once `need` replicas voted yes, every replica
+    voted, or the deadline passed, and in every case not before the coordinator's own
+    write is durable (a failure there fails the write)."""
+
+    __slots__ = ("_done", "_expired", "_left", "_local", "_need", "ok")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, need: int, replicas: int) -> None:
+        self._done: asyncio.Future[None] = loop.create_future()
+        self._need = need
+        self._left = replicas
+        self._local: asyncio.Future[None] | None = None
+        self._expired = False
+        self.ok = 0
+
+    def vote(self, yes: bool) -> None:
+        self._left -= 1
+        if yes:
+            self.ok += 1
+        self._settle()
+
+    def wait_local(self, durable: asyncio.Future[None] | None) -> None:
+        if durable is not None and not durable.done():
+            self._local = durable
+            durable.add_done_callback(self._local_done)
+        elif durable is not None:
+            self._local_done(durable)
+
+    def _local_done(self, durable: asyncio.Future[None]) -> None:
+        self._local = None
+        if self._done.done():
+            return
+        if durable.cancelled():
+            self._done.cancel()
+        elif durable.exception() is not None:
+            self._done.set_exception(durable.exception())  # type: ignore[arg-type]
+        else:
+            self._settle()
+
+    def _expire(self) -> None:
+        self._expired = True
+        self._settle()
+
+    def _settle(self) -> None:
+        if self._done.done() or self._local is not None:
+            return
+        if self.ok >= self._need or self._left <= 0 or self._expired:
+            self._done.set_result(None)
+
+    async def wait(self, deadline: float) -> None:
+        self._settle()
+        if self._done.done():
+            self._done.result()  # raises the local write's failure
+            return
+        timer = self._done.get_loop().call_at(deadline, self._expire)
+        try:
+            await self._done
+        finally:
+            timer.cancel()
 
 
 def _answered(fut: asyncio.Future[Any]) -> bool:
@@ -475,10 +528,6 @@ def _merge_replies(raw: dict[str, bytes | None], lww: bool) -> tuple[Object, byt
     merged = sync_all(objs.values(), lww=lww).obj
     merged_raw = None if merged.empty else encode_object(merged)
     return merged, merged_raw, any(d != merged_raw for d in raw.values())
-
-
-def _is_true(fut: asyncio.Future[Any]) -> bool:
-    return fut.done() and not fut.cancelled() and fut.exception() is None and fut.result() is True
 
 
 __all__ = ["Coordinator", "LocalReplica", "Placement", "View", "sync"]

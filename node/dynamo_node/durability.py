@@ -68,19 +68,27 @@ class GroupCommit:
 
     async def barrier(self) -> None:
         """Return when every write issued so far is as durable as the mode promises."""
+        fut = self.barrier_future()
+        if fut is not None:
+            await fut
+
+    def barrier_future(self) -> asyncio.Future[None] | None:
+        """`barrier` for callers that wait on several things at once: None when every
+        write issued so far is durable already, else a future resolved when it is (or
+        failed with the storage's error)."""
         if self.mode != "sync":
-            if self._storage.has_pending():
-                fut: asyncio.Future[None] = self._loop_now().create_future()
-                self._applied.append(fut)
-                await fut
-            return
+            if not self._storage.has_pending():
+                return None
+            fut: asyncio.Future[None] = self._loop_now().create_future()
+            self._applied.append(fut)
+            return fut
         target = self._issued
         if self._synced >= target:
-            return
+            return None
         fut = self._loop_now().create_future()
         self._waiters.append((target, fut))
         self._wake.set()
-        await fut
+        return fut
 
     async def _run(self) -> None:
         while True:

@@ -201,7 +201,24 @@ class MerkleTree:
         if count < 0 or (count == 0 and leaf != 0):
             raise ValueError(f"segment {seg} is out of step with the store: removed an absent key")
         self._leaves[seg], self._counts[seg] = leaf, count
-        index = seg
+        self._mark(seg)
+
+    def set_segment(self, segment: int, items: Iterable[bytes]) -> None:
+        """Make `segment` hold exactly `items` (those of its keys, e.g. a scan of its key
+        range): for callers that recompute stale segments instead of updating per key."""
+        if not 0 <= segment < self._segments:
+            raise IndexError(f"segment {segment} out of range")
+        leaf, count = 0, 0
+        for item in items:
+            leaf ^= int.from_bytes(item)
+            count += 1
+        if (leaf, count) == (self._leaves[segment], self._counts[segment]):
+            return
+        self._leaves[segment], self._counts[segment] = leaf, count
+        self._mark(segment)
+
+    def _mark(self, segment: int) -> None:
+        index = segment
         for level in range(self.leaf_level - 1, -1, -1):
             index //= self._fanout
             dirty = self._dirty[level]

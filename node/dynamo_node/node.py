@@ -330,11 +330,11 @@ class Node:
             for node in self.replicates(skey):
                 self.hints.store(skey, node, obj)
 
-    @property
-    def needs_barrier(self) -> bool:
-        """Whether a write just made must await `durable()` before it is acknowledged:
-        always with durability "sync"; with "wal" while its group is not applied yet."""
-        return self._sync or self.storage.has_pending()
+    def durable_future(self) -> asyncio.Future[None] | None:
+        """None when the writes made so far may be acknowledged; else a future resolved
+        once they may: with durability "sync" after their fsync, with "wal" once their
+        group is applied (in the WAL)."""
+        return self.commit_log.barrier_future()
 
     async def durable(self) -> None:
         await self.commit_log.barrier()

@@ -92,7 +92,8 @@ async def test_calls_of_another_tree_layout_are_refused() -> None:
 
 async def test_trees_are_built_in_the_background_and_kept_current() -> None:
     """With periodic rounds on, a node builds every partition's tree as soon as it has a
-    ring, so no exchange waits for a build; each write then updates its tree."""
+    ring, so no exchange waits for a build; a write then marks its segment stale, and a
+    read of the tree rehashes the stale segments: the tree read equals a fresh build."""
     _, (node,) = await make_cluster(1, anti_entropy_interval_s=3600.0)
     try:
         ae = node.anti_entropy
@@ -105,10 +106,15 @@ async def test_trees_are_built_in_the_background_and_kept_current() -> None:
             await node.coordinator.put(storage_key(f"k{i}"), VClock(), b"v", "", 1, 1000)
         gone = storage_key("k7")
         await node.coordinator.put(gone, node.read(gone).context(), None, "", 1, 1000)
-        for p, tree in list(ae.trees.items()):
+        assert ae._stale  # writes only marked their segments
+        for p in list(ae.trees):
+            tree = ae.tree(p)  # rehashes the stale segments
+            root, size = tree.root(), len(tree)
             del ae.trees[p], ae.tombstones[p]
             rebuilt = ae.tree(p)  # a fresh scan
-            assert rebuilt.root() == tree.root() and len(rebuilt) == len(tree)
+            assert rebuilt.root() == root and len(rebuilt) == size
+        assert not ae._stale
+        assert sum(len(ae.tree(p)) for p in ae.trees) == 200
         assert any(gone in known for known in ae.tombstones.values())
     finally:
         await node.stop()

@@ -10,7 +10,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from dynamo_node.config import NodeConfig
-from dynamo_node.errors import QuorumNotMet
+from dynamo_node.coordinator import _Votes
+from dynamo_node.errors import QuorumNotMet, Unavailable
 from dynamo_node.membership import ClusterState, commit, plan
 from dynamo_node.node import Node
 from dynamo_node.storage import Family, MemoryStorage, storage_key
@@ -139,3 +140,55 @@ async def test_concurrent_blind_writes_make_siblings_resolved_by_context(
     await nodes[2].coordinator.put(key, obj.context(), b"ab", "", 3, 1000)
     obj = await nodes[0].coordinator.get(key, 3, 1000)
     assert [s.value for s in obj.visible()] == [b"ab"]
+
+
+# --- the votes of one write ------------------------------------------------------------
+async def test_votes_resolve_at_quorum_and_not_before_the_local_write_is_durable() -> None:
+    loop = asyncio.get_running_loop()
+    votes = _Votes(loop, need=1, replicas=2)
+    local: asyncio.Future[None] = loop.create_future()
+    votes.wait_local(local)
+    waiting = asyncio.ensure_future(votes.wait(loop.time() + 5))
+    votes.vote(True)  # quorum, but the coordinator's own write is not durable yet
+    await asyncio.sleep(0.01)
+    assert not waiting.done()
+    local.set_result(None)
+    await asyncio.wait_for(waiting, 1)
+    assert votes.ok == 1
+    votes.vote(True)  # a late vote still counts, harmlessly
+    assert votes.ok == 2
+
+
+async def test_votes_end_at_the_deadline_or_when_all_replicas_voted() -> None:
+    loop = asyncio.get_running_loop()
+    votes = _Votes(loop, need=2, replicas=2)
+    start = loop.time()
+    votes.vote(True)
+    await votes.wait(loop.time() + 0.1)  # the other replica never answers
+    assert votes.ok == 1 and 0.09 <= loop.time() - start < 1
+    votes = _Votes(loop, need=2, replicas=2)
+    votes.vote(False)
+    votes.vote(True)
+    await asyncio.wait_for(votes.wait(loop.time() + 5), 0.5)  # all voted: no waiting
+    assert votes.ok == 1
+    votes = _Votes(loop, need=0, replicas=0)  # W=1 and no other replica
+    await asyncio.wait_for(votes.wait(loop.time() + 5), 0.5)
+
+
+async def test_votes_past_the_deadline_still_wait_for_the_local_write() -> None:
+    loop = asyncio.get_running_loop()
+    votes = _Votes(loop, need=1, replicas=1)
+    local: asyncio.Future[None] = loop.create_future()
+    votes.wait_local(local)
+    waiting = asyncio.ensure_future(votes.wait(loop.time() + 0.05))
+    await asyncio.sleep(0.15)
+    assert not waiting.done()  # never acknowledged before it is durable here
+    local.set_exception(Unavailable("the storage failed"))
+    with pytest.raises(Unavailable):
+        await asyncio.wait_for(waiting, 1)
+    failed: asyncio.Future[None] = loop.create_future()
+    failed.set_exception(Unavailable("already failed"))
+    votes = _Votes(loop, need=0, replicas=0)
+    votes.wait_local(failed)
+    with pytest.raises(Unavailable):
+        await votes.wait(loop.time() + 5)

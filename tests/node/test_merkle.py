@@ -205,6 +205,31 @@ def test_removing_an_absent_key_is_caught_and_leaves_the_tree_unchanged() -> Non
     assert tree.segment_size(tree.segment_of(k)) == 1
 
 
+@settings(max_examples=60, deadline=None)
+@given(keys_st, keys_st, shapes)
+def test_set_segment_gives_the_tree_of_the_new_contents(
+    before: dict[bytes, bytes], after: dict[bytes, bytes], shape: tuple[int, int]
+) -> None:
+    """Recomputing stale segments from the store (what anti-entropy does after writes)
+    gives the same tree as a build from the new contents."""
+    tree = MerkleTree.build(before.items(), *shape)
+    tree.root()
+    by_segment: dict[int, list[bytes]] = {}
+    for k, item in after.items():
+        by_segment.setdefault(tree.segment_of(k), []).append(item)
+    for k in before:
+        by_segment.setdefault(tree.segment_of(k), [])
+    for segment, items in by_segment.items():
+        tree.set_segment(segment, items)
+    fresh = MerkleTree.build(after.items(), *shape)
+    assert tree.root() == fresh.root() and len(tree) == len(fresh)
+    for level in range(tree.level_count):
+        indices = list(range(tree.level_size(level)))
+        assert tree.hashes(level, indices) == fresh.hashes(level, indices)
+    with pytest.raises(IndexError):
+        tree.set_segment(tree.segments, [])
+
+
 def test_digest_changes_change_the_root() -> None:
     tree = MerkleTree.build(dataset(100).items())
     before = tree.root()
