@@ -73,7 +73,9 @@ class NodeConfig:
     gossip_interval_s: float = 1.0
     #: a peer not heard from (directly or by gossip) for this long is reported down
     failure_timeout_s: float = 3.5
-    anti_entropy_interval_s: float = 60.0
+    #: as the operator's default (spec.antiEntropy.interval 10m): a pass rehashes what was
+    #: written since the last one, which read repair and hints mostly repaired already
+    anti_entropy_interval_s: float = 600.0
     transfer_batch_keys: int = 500
     transfer_batch_pause_s: float = 0.0
     #: partitions this node sends at the same time (Riak's transfer_limit)

@@ -63,7 +63,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--anti-entropy-interval",
         dest="anti_entropy_interval_s",
         type=float,
-        help="seconds between periodic anti-entropy rounds (0 disables)",
+        help="seconds between periodic anti-entropy rounds (default 600; 0 disables)",
     )
     p.add_argument(
         "--tombstone-grace",

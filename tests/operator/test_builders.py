@@ -565,3 +565,10 @@ def test_pod_zero_advertises_the_seed_address() -> None:
     expanded = options["--advertise"].replace("$(POD_NAME)", "demo-0").replace("$(NAMESPACE)", NS)
     assert f"{expanded}:{options['--port']}" == options["--seed"] == seed_address(NAME, NS)
     assert options["--node-id"].replace("$(POD_NAME)", "demo-0") == builders.pod_name(NAME, 0)
+
+
+def test_a_node_alone_runs_anti_entropy_as_often_as_the_operator_makes_it() -> None:
+    """`dynamo-node` without the flag and a DynamoCluster without spec.antiEntropy get
+    the same interval: one default, whoever starts the node."""
+    spec = parse_spec({"replicas": 3})
+    assert NodeConfig(data_dir="/d").anti_entropy_interval_s == spec.anti_entropy_interval_s
