@@ -1,9 +1,10 @@
 """Merkle-tree anti-entropy between the replicas of each partition, and tombstone GC.
 
-State (`merkle.MerkleTree`, one per partition this node holds data for) is kept current
-on every write through the replica's change listener, and built lazily from a scan the
-first time a partition is compared. The exchange protocol (this module) compares the
-roots of many partitions in one call, descends only into differing subtrees
+State (`merkle.MerkleTree`, one per partition) is built from one scan per partition, in
+the background once the node has a ring (or at first use); after that a write only
+marks its segment stale through the replica's change listener, and reading a tree
+rehashes its stale segments from their key ranges. The exchange protocol (this module)
+compares the roots of many partitions in one call, descends only into differing subtrees
 (`merkle.adiff_segments`), lists the keys of differing segments only, and ships only
 the differing objects, both ways; both sides end with the merge of both versions, so
 one exchange makes a pair of replicas identical. Traffic therefore grows with the
@@ -205,7 +206,7 @@ class AntiEntropy:
         """Build every partition's tree in the background as soon as the node has a
         ring, one partition per loop iteration, so that no exchange has to: a node's
         first pass used to scan and hash all its data at once, and the requests of
-        that moment waited behind it. From then on each write updates one leaf."""
+        that moment waited behind it. From then on writes only mark segments stale."""
         while self.node.state is None:  # noqa: ASYNC110 - a ring arrives by gossip or join: no event
             await asyncio.sleep(PREPARE_POLL_S)
         for p in range(self._partitions()):

@@ -458,11 +458,14 @@ class _Votes:
         self._settle()
 
     def wait_local(self, durable: asyncio.Future[None] | None) -> None:
-        if durable is not None and not durable.done():
+        """Also wait for the coordinator's own write (None: durable already)."""
+        if durable is None:
+            return
+        if durable.done():
+            self._local_done(durable)
+        else:
             self._local = durable
             durable.add_done_callback(self._local_done)
-        elif durable is not None:
-            self._local_done(durable)
 
     def _local_done(self, durable: asyncio.Future[None]) -> None:
         self._local = None

@@ -190,7 +190,7 @@ class MerkleTree:
         """Replace (khash, old_item) by (khash, new_item); None means absent."""
         if old_item == new_item:
             return
-        seg = (int.from_bytes(khash[:8]) >> self._shift) & (self._segments - 1)
+        seg = self.segment_of(khash)
         leaf, count = self._leaves[seg], self._counts[seg]
         if old_item is not None:
             leaf ^= int.from_bytes(old_item)

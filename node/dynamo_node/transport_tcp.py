@@ -49,8 +49,9 @@ class _Framer:
     shifted after each one; only an incomplete tail is kept for the next chunk."""
 
     def __init__(self) -> None:
-        self._buf = bytearray()  # an incomplete frame (appended to in place: a large
-        # frame arriving in many chunks is not copied once per chunk)
+        # an incomplete frame, appended to in place: a large frame arriving in many
+        # chunks is not copied once per chunk
+        self._buf = bytearray()
 
     def feed(self, data: bytes) -> list[Any]:
         buf: bytes | bytearray = data
@@ -71,8 +72,10 @@ class _Framer:
                 pos = stop
         if pos == end:
             self._buf = bytearray()
-        elif pos or buf is not self._buf:
-            self._buf = bytearray(buf[pos:])
+        elif buf is self._buf:
+            del self._buf[:pos]
+        else:
+            self._buf = bytearray(data[pos:])
         return out
 
 

@@ -4,6 +4,7 @@ processes in test_membership_cluster)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
@@ -118,3 +119,32 @@ async def test_trees_are_built_in_the_background_and_kept_current() -> None:
         assert any(gone in known for known in ae.tombstones.values())
     finally:
         await node.stop()
+
+
+async def test_a_roots_call_lets_requests_run_between_partitions() -> None:
+    """Reading a tree may rehash a whole partition: a roots call over many partitions
+    yields to the loop between them instead of holding it for all of them."""
+    _, nodes = await make_cluster(2, anti_entropy_interval_s=0.0)
+    try:
+        ae = nodes[1].anti_entropy
+        ticks: list[int] = []
+
+        async def ticker() -> None:
+            while True:
+                ticks.append(len(ticks))
+                await asyncio.sleep(0)
+
+        task = asyncio.ensure_future(ticker())
+        try:
+            await asyncio.sleep(0)
+            before = len(ticks)
+            roots = await ae._rpc_roots([list(range(16))], "m0")
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        assert len(roots) == 16
+        assert len(ticks) - before >= 15  # the ticker ran between the partitions
+    finally:
+        for node in nodes:
+            await node.stop()
