@@ -177,6 +177,10 @@ async def serve(config: NodeConfig) -> None:
         f"{limit // MIB} MiB" if limit else "unknown",
     )
     storage = RocksStorage(config.data_dir, row_cache_bytes=cache)
+    log.info(
+        "table writes (flushes, compactions): %s",
+        "direct I/O" if storage.direct_io else "through the page cache (no O_DIRECT here)",
+    )
     node = Node(config, storage)
     metrics = Metrics()
     install_metrics(node, metrics)

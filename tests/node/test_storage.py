@@ -7,6 +7,8 @@ a directory, releasing its lock) is tested at the end.
 
 from __future__ import annotations
 
+import errno
+import os
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,7 +28,7 @@ from dynamo_node.storage import (
     storage_key,
     user_key,
 )
-from dynamo_node.storage_rocks import RocksStorage
+from dynamo_node.storage_rocks import RocksStorage, direct_io_works
 
 Opener = Callable[[], Storage]
 
@@ -446,6 +448,60 @@ def test_rocks_reopen_keeps_data(tmp_path: Path) -> None:
             assert s.get(Family.OBJECTS, storage_key(k)) == k.encode()
         assert len(s.scan(Family.OBJECTS)) == 1 + len(UNICODE_KEYS)
         assert s.approximate_size() > 0
+    finally:
+        s.close()
+
+
+def test_direct_io_is_used_only_where_the_filesystem_takes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = str(tmp_path / "db")
+    s = RocksStorage(path)
+    try:
+        assert s.direct_io is direct_io_works(str(tmp_path))
+        assert not [n for n in os.listdir(path) if "probe" in n]  # the probe left no file
+    finally:
+        s.close()
+    # a filesystem that refuses O_DIRECT (tmpfs before Linux 6.6): tables are then
+    # written through the page cache, and the node works as before
+    real_open = os.open
+
+    def no_direct(file: str, flags: int, mode: int = 0o777) -> int:
+        if flags & getattr(os, "O_DIRECT", 0):
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_open(file, flags, mode)
+
+    monkeypatch.setattr(os, "open", no_direct)
+    assert direct_io_works(path) is False
+    s = RocksStorage(str(tmp_path / "db2"))
+    try:
+        assert s.direct_io is False
+        s.write([(Family.OBJECTS, b"k", b"v")])
+        s._db.flush(True)
+        assert s.get(Family.OBJECTS, b"k") == b"v"
+    finally:
+        s.close()
+
+
+def test_tables_written_with_direct_io_read_back_after_reopen(tmp_path: Path) -> None:
+    path = str(tmp_path / "db")
+    os.makedirs(path)
+    if not direct_io_works(path):
+        pytest.skip("this filesystem does not take O_DIRECT")
+    values = {f"k{i:05d}".encode(): os.urandom(1000 + i % 300) for i in range(3000)}
+    s = RocksStorage(path)
+    try:
+        assert s.direct_io
+        for n, (k, v) in enumerate(values.items()):
+            s.write([(Family.OBJECTS, k, v)])
+            if n % 1000 == 999:
+                s._db.flush(True)  # three tables, unaligned sizes
+        s._db.compact_range(None, None)  # read and rewritten by a compaction
+    finally:
+        s.close()
+    s = RocksStorage(path)
+    try:
+        assert dict(s.scan(Family.OBJECTS)) == values
     finally:
         s.close()
 
