@@ -376,25 +376,26 @@ class Coordinator:
         spare: list[str],
         deadline: float,
     ) -> None:
-        """Send a version to one target; its answer is its vote. On failure a
+        """Send a version to one target (posted: the versions for one node in a loop
+        iteration travel together); its answer is its vote. On failure a
         background task tries the next spare fallback with a hint, and if none takes it
         keeps the hint here so the replica gets it later; it votes yes when some node
         stands for this replica (counts toward W)."""
-        loop = self.loop
-        fut = self._start(
-            node, "merge", [skey, encoded, hint_for], deadline - loop.time(), observe=False
-        )
 
-        def done(f: asyncio.Future[Any]) -> None:
-            self._observe(node, f)
-            if not f.cancelled() and f.exception() is None:
+        def done(_result: Any, exc: BaseException | None) -> None:
+            if exc is None:
+                self.view.report_alive(node)
                 votes.vote(True)
                 return
+            if isinstance(exc, PeerError):
+                self.view.report_unreachable(node)
             self._background(
                 self._fall_back(votes, hint_for or node, skey, encoded, obj, spare, deadline)
             )
 
-        fut.add_done_callback(done)
+        self.transport.post(
+            node, "merge", [skey, encoded, hint_for], max(0.001, deadline - self.loop.time()), done
+        )
 
     async def _fall_back(
         self,

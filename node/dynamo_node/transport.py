@@ -10,6 +10,7 @@ sockets (tests/node/test_coordinator.py).
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -17,6 +18,8 @@ from .errors import PeerError
 
 #: the server side: (method, args, caller node id) -> result
 Handler = Callable[[str, Any, str], Awaitable[Any]]
+#: a posted call's answer, called once: (result, None) or (None, the PeerError)
+Reply = Callable[[Any, BaseException | None], None]
 
 
 class RemoteError(PeerError):
@@ -33,7 +36,22 @@ class Transport(Protocol):
     def start(self, node: str, method: str, args: Any, timeout: float) -> asyncio.Future[Any]:
         """Like `call`, as a future (no task when a connection is ready)."""
 
+    def post(self, node: str, method: str, args: Any, timeout: float, reply: Reply) -> None:
+        """Like `start`, answered through `reply` (called once, from the loop). The
+        calls posted to one node for one method during a loop iteration may travel
+        together (TcpTransport sends them as one batch frame)."""
+
     async def close(self) -> None: ...
+
+
+def deliver(reply: Reply, fut: asyncio.Future[Any]) -> None:
+    """Hand a finished call's outcome to `reply` (a done callback)."""
+    if fut.cancelled():
+        reply(None, PeerError("the call was cancelled"))
+    elif fut.exception() is not None:
+        reply(None, fut.exception())
+    else:
+        reply(fut.result(), None)
 
 
 class MemoryTransport:
@@ -69,6 +87,9 @@ class MemoryTransport:
 
     def start(self, node: str, method: str, args: Any, timeout: float) -> asyncio.Future[Any]:
         return asyncio.ensure_future(self.call(node, method, args, timeout))
+
+    def post(self, node: str, method: str, args: Any, timeout: float, reply: Reply) -> None:
+        self.start(node, method, args, timeout).add_done_callback(functools.partial(deliver, reply))
 
     async def close(self) -> None:
         return None

@@ -5,28 +5,39 @@ fraction of the CPU per call (see bench/transport.py).
 
 Frames: 4-byte big-endian length, then msgpack:
     request  [id, method, args]          response [id, 0, result] | [id, 1, [code, msg]]
+    batch    [id, "batch", [method, [args, ...]]]
+             response [id, 0, [[0, result] | [1, [code, msg]], ...]], one entry per call
 The first frame on a connection is the hello [0, "hello", [token, node_id]]; a wrong
-token closes the connection. Frames larger than MAX_FRAME are refused.
+token closes the connection. The server answers it with ["ok", [features]] (a server
+that predates batches answered "ok": the client then sends every call in its own
+frame). Frames larger than MAX_FRAME are refused.
+
+Batches: the calls `post`ed to one peer for one method during an event-loop iteration
+leave as one batch frame when the iteration's output is flushed, and come back as one
+reply. Measured in process with 1 KiB merges, 20 calls per iteration: ~7-9 us of CPU per
+call (client and server) in frames of their own, ~2 us in one batch (tests/node/
+test_transport_tcp.py covers the behaviour; bench/README.md the measurement).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import heapq
 import hmac
 import logging
 import math
 import socket
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
 import msgpack
 
 from .codec import pack
 from .errors import DynamoError, PeerError
-from .transport import Handler, RemoteError
+from .transport import Handler, RemoteError, Reply, deliver
 
 log = logging.getLogger("dynamo.transport")
 
@@ -36,6 +47,10 @@ DEADLINE_SLACK_S = 0.001
 MAX_FRAME = 64 * 1024 * 1024
 _LEN = struct.Struct(">I")
 HELLO = "hello"
+#: the method name of a batch frame (never a handler's)
+BATCH = "batch"
+#: what this server understands beyond single calls, announced in its hello reply
+FEATURES = [BATCH]
 
 
 def _pack(obj: Any) -> bytes:
@@ -90,16 +105,23 @@ class _Output:
         self._loop = loop
         self._before = before
         self._frames: list[bytes] = []
+        self._scheduled = False
         self.transport: asyncio.Transport | None = None
 
     def add(self, frame: bytes) -> None:
-        if not self._frames:
-            self._loop.call_soon(self.flush)
         self._frames.append(frame)
+        self.schedule()
+
+    def schedule(self) -> None:
+        """Flush at the end of this iteration (frames added by `before` go with it)."""
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self.flush)
 
     def flush(self) -> None:
         if self._before is not None:
             self._before()
+        self._scheduled = False
         frames, self._frames = self._frames, []
         transport = self.transport
         if frames and transport is not None and not transport.is_closing():
@@ -140,22 +162,80 @@ class _ServerProtocol(asyncio.Protocol):
             if self._peer is None:
                 self._hello(method, args)
                 continue
-            if self._server.fast is not None and isinstance(method, str):
-                try:
-                    handled, result = self._server.fast(method, args, self._peer)
-                except DynamoError as exc:
-                    self._send([msg_id, 1, [exc.code, exc.message]])
-                    continue
-                except Exception as exc:
-                    log.exception("internal call %r failed", method)
-                    self._send([msg_id, 1, ["internal", repr(exc)]])
-                    continue
-                if handled:
-                    self._send([msg_id, 0, result])
-                    continue
-            task = asyncio.ensure_future(self._serve(msg_id, method, args))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            if method == BATCH:
+                self._batch(msg_id, args)
+                continue
+            outcome = self._fast(method, args)
+            if outcome is not None:
+                self._send([msg_id, *outcome])
+                continue
+            self._spawn(self._serve(msg_id, method, args))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _fast(self, method: Any, args: Any) -> list[Any] | None:
+        """[0, result] or [1, [code, msg]] when the synchronous path served the call."""
+        fast = self._server.fast
+        if fast is None or not isinstance(method, str):
+            return None
+        assert self._peer is not None
+        try:
+            handled, result = fast(method, args, self._peer)
+        except DynamoError as exc:
+            return [1, [exc.code, exc.message]]
+        except Exception as exc:
+            log.exception("internal call %r failed", method)
+            return [1, ["internal", repr(exc)]]
+        return [0, result] if handled else None
+
+    async def _outcome(self, method: Any, args: Any) -> list[Any]:
+        try:
+            if not isinstance(method, str):
+                raise PeerError("method must be a string")
+            assert self._peer is not None
+            return [0, await self._server.handler(method, args, self._peer)]
+        except DynamoError as exc:
+            return [1, [exc.code, exc.message]]
+        except Exception as exc:
+            log.exception("internal call %r failed", method)
+            return [1, ["internal", repr(exc)]]
+
+    def _batch(self, msg_id: Any, args: Any) -> None:
+        """Serve each call of a batch (synchronously where the fast path can) and
+        answer them together once all are done."""
+        if not (
+            isinstance(args, list)
+            and len(args) == 2
+            and isinstance(args[0], str)
+            and args[0] != BATCH
+            and isinstance(args[1], list)
+        ):
+            self._send([msg_id, 1, ["invalid_request", "a batch is [method, [args, ...]]"]])
+            return
+        method, calls = args
+        results: list[Any] = [None] * len(calls)
+        later: list[int] = []
+        for i, call_args in enumerate(calls):
+            outcome = self._fast(method, call_args)
+            if outcome is None:
+                later.append(i)
+            else:
+                results[i] = outcome
+        if not later:
+            self._send([msg_id, 0, results])
+            return
+        self._spawn(self._batch_rest(msg_id, method, calls, results, later))
+
+    async def _batch_rest(
+        self, msg_id: Any, method: str, calls: list[Any], results: list[Any], later: list[int]
+    ) -> None:
+        outcomes = await asyncio.gather(*(self._outcome(method, calls[i]) for i in later))
+        for i, outcome in zip(later, outcomes, strict=True):
+            results[i] = outcome
+        self._send([msg_id, 0, results])
 
     def _hello(self, method: Any, args: Any) -> None:
         token = self._server.token
@@ -172,21 +252,10 @@ class _ServerProtocol(asyncio.Protocol):
             self.close()
             return
         self._peer = args[1]
-        self._send([0, 0, "ok"])
+        self._send([0, 0, ["ok", self._server.features]])
 
     async def _serve(self, msg_id: Any, method: Any, args: Any) -> None:
-        try:
-            if not isinstance(method, str):
-                raise PeerError("method must be a string")
-            assert self._peer is not None
-            result = await self._server.handler(method, args, self._peer)
-            reply = [msg_id, 0, result]
-        except DynamoError as exc:
-            reply = [msg_id, 1, [exc.code, exc.message]]
-        except Exception as exc:
-            log.exception("internal call %r failed", method)
-            reply = [msg_id, 1, ["internal", repr(exc)]]
-        self._send(reply)
+        self._send([msg_id, *await self._outcome(method, args)])
 
     def _send(self, obj: Any) -> None:
         if self._transport is not None:
@@ -208,9 +277,12 @@ class RpcServer:
         token: str = "",
         fast: FastHandler | None = None,
         before: Callable[[], None] | None = None,
+        features: list[str] | None = None,
     ) -> None:
         self.handler = handler
         self.fast = fast
+        #: announced in the hello reply (a test can play an older server with [])
+        self.features = FEATURES if features is None else features
         #: called before replies are written (the node applies grouped writes there)
         self.before = before
         self.token = token
@@ -247,15 +319,63 @@ def _tune(transport: asyncio.BaseTransport | None) -> None:
 
 
 # --- client ------------------------------------------------------------------------
+#: sends a call on a connection, its deadline kept: (conn, method, args, deadline, name)
+Launch = Callable[["_ClientProtocol", str, Any, float, str], "asyncio.Future[Any]"]
+
+
+def _remote_error(result: Any) -> RemoteError:
+    code, message = ([*result, "", ""])[:2] if isinstance(result, list) else ("", "")
+    return RemoteError(str(code), str(message))
+
+
+class _Batch:
+    """The calls posted to one peer for one method during a loop iteration."""
+
+    __slots__ = ("calls", "deadline", "method", "replies")
+
+    def __init__(self, method: str) -> None:
+        self.method = method
+        self.calls: list[Any] = []
+        self.replies: list[Reply] = []
+        self.deadline = 0.0
+
+    def resolve(self, fut: asyncio.Future[Any]) -> None:
+        """Answer every call from the batch's reply (or with its failure)."""
+        error: BaseException | None
+        error = PeerError("the call was cancelled") if fut.cancelled() else fut.exception()
+        results: Any = None
+        if error is None:
+            results = fut.result()
+            if not isinstance(results, list) or len(results) != len(self.replies):
+                error = PeerError(f"malformed answer to a batch of {self.method}")
+        for i, reply in enumerate(self.replies):
+            value: Any = None
+            exc = error
+            if exc is None:
+                entry = results[i]
+                if isinstance(entry, list) and len(entry) == 2 and entry[0] == 0:
+                    value = entry[1]
+                else:
+                    exc = _remote_error(entry[1] if isinstance(entry, list) and entry else None)
+            try:
+                reply(value, exc)
+            except Exception:
+                log.exception("answering a batched %r call failed", self.method)
+
+
 class _ClientProtocol(asyncio.Protocol):
-    def __init__(self, node: str) -> None:
+    def __init__(self, node: str, launch: Launch | None = None) -> None:
         self.node = node
         self._framer = _Framer()
         self.transport: asyncio.Transport | None = None
         self.pending: dict[int, asyncio.Future[Any]] = {}
         # looked up once: get_running_loop() costs a getpid() syscall per call on 3.11
         self.loop = asyncio.get_running_loop()
-        self._out = _Output(self.loop)
+        self._out = _Output(self.loop, self._seal)
+        self._launch = launch
+        self._open: dict[str, _Batch] = {}
+        #: what the server announced in its hello reply
+        self.features: frozenset[str] = frozenset()
         self.closed = self.loop.create_future()
         #: loop time of the last bytes received: a timed-out call on a connection that
         #: has been silent since it was sent means the connection is dead, not slow
@@ -292,8 +412,7 @@ class _ClientProtocol(asyncio.Protocol):
             if status == 0:
                 fut.set_result(result)
             else:
-                code, message = ([*result, "", ""])[:2] if isinstance(result, list) else ("", "")
-                fut.set_exception(RemoteError(str(code), str(message)))
+                fut.set_exception(_remote_error(result))
 
     def send(self, msg_id: int, method: str, args: Any) -> asyncio.Future[Any]:
         fut: asyncio.Future[Any] = self.loop.create_future()
@@ -303,6 +422,28 @@ class _ClientProtocol(asyncio.Protocol):
         self.pending[msg_id] = fut
         self._out.add(_pack([msg_id, method, args]))
         return fut
+
+    def post(self, method: str, args: Any, reply: Reply, deadline: float) -> None:
+        """Add a call to this iteration's batch of `method` (sent when output flushes)."""
+        batch = self._open.get(method)
+        if batch is None:
+            batch = self._open[method] = _Batch(method)
+            self._out.schedule()
+        batch.calls.append(args)
+        batch.replies.append(reply)
+        batch.deadline = max(batch.deadline, deadline)
+
+    def _seal(self) -> None:
+        """Before the output is written: each open batch becomes one frame."""
+        if not self._open:
+            return
+        batches, self._open = self._open, {}
+        assert self._launch is not None
+        for batch in batches.values():
+            fut = self._launch(
+                self, BATCH, [batch.method, batch.calls], batch.deadline, batch.method
+            )
+            fut.add_done_callback(batch.resolve)
 
 
 #: (deadline, call id, connection, future, method, sent): the call id orders equal deadlines
@@ -359,7 +500,7 @@ class TcpTransport:
         try:
             _, proto = await asyncio.wait_for(
                 loop.create_connection(
-                    lambda: _ClientProtocol(node), addr[0], addr[1], ssl=self._ssl
+                    lambda: _ClientProtocol(node, self._launch), addr[0], addr[1], ssl=self._ssl
                 ),
                 self._connect_timeout,
             )
@@ -368,11 +509,13 @@ class TcpTransport:
         _tune(proto.transport)
         hello = proto.send(0, HELLO, [self._token, self.me])
         try:
-            await asyncio.wait_for(hello, self._connect_timeout)
+            welcome = await asyncio.wait_for(hello, self._connect_timeout)
         except (PeerError, TimeoutError) as exc:
             if proto.transport is not None:
                 proto.transport.close()
             raise PeerError(f"{node}: handshake failed: {exc}") from None
+        if isinstance(welcome, list) and len(welcome) == 2 and isinstance(welcome[1], list):
+            proto.features = frozenset(f for f in welcome[1] if isinstance(f, str))
         old = self._conns.get(node)
         if old is not None and old.transport is not None:
             old.transport.close()
@@ -400,14 +543,33 @@ class TcpTransport:
         conn = self._conns.get(node)
         if conn is None or conn.transport is None or conn.transport.is_closing():
             return asyncio.ensure_future(self.call(node, method, args, timeout))
+        return self._launch(conn, method, args, conn.loop.time() + timeout, method)
+
+    def post(self, node: str, method: str, args: Any, timeout: float, reply: Reply) -> None:
+        conn = self._conns.get(node)
+        if (
+            conn is None
+            or conn.transport is None
+            or conn.transport.is_closing()
+            or BATCH not in conn.features
+        ):
+            fut = self.start(node, method, args, timeout)
+            fut.add_done_callback(functools.partial(deliver, reply))
+            return
+        conn.post(method, args, reply, conn.loop.time() + timeout)
+
+    def _launch(
+        self, conn: _ClientProtocol, method: str, args: Any, deadline: float, name: str
+    ) -> asyncio.Future[Any]:
+        """Send a call on a ready connection; it fails at `deadline` (`name` in the
+        message) unless answered."""
         loop = conn.loop
         self._next_id += 1
         msg_id = self._next_id
         self.calls += 1
         fut = conn.send(msg_id, method, args)
         sent = loop.time()
-        deadline = sent + timeout
-        heapq.heappush(self._deadlines, (deadline, msg_id, conn, fut, method, sent))
+        heapq.heappush(self._deadlines, (deadline, msg_id, conn, fut, name, sent))
         if deadline < self._timer_at:
             self._arm(loop, deadline)
         return fut

@@ -14,7 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dynamo_node.errors import InvalidRequest, PeerError
-from dynamo_node.transport_tcp import RpcServer, TcpTransport, _Framer, _Output
+from dynamo_node.transport import RemoteError
+from dynamo_node.transport_tcp import BATCH, RpcServer, TcpTransport, _Framer, _Output
 from tests.harness import free_port
 
 TOKEN = "cluster-secret"
@@ -142,6 +143,15 @@ def test_a_large_frame_arriving_in_small_chunks() -> None:
 
 garbage = st.one_of(
     st.binary(min_size=1, max_size=256),
+    # batch frames with arbitrary contents
+    st.tuples(
+        st.integers(0, 9),
+        st.from_regex(r"\A(batch|echo)\Z"),
+        st.none()
+        | st.lists(
+            st.none() | st.text(max_size=6) | st.lists(st.integers(0, 3), max_size=3), max_size=4
+        ),
+    ).map(lambda t: _frame(list(t))),
     st.recursive(
         st.none()
         | st.booleans()
@@ -207,3 +217,145 @@ async def test_frames_of_one_loop_iteration_leave_in_one_write_after_the_hook() 
     out.add(b"d")
     await asyncio.sleep(0)
     assert events == ["before", b"abc", "before", b"d"]
+
+
+# --- batches -----------------------------------------------------------------------
+def _fast_echo(method: str, args: Any, caller: str) -> tuple[bool, Any]:
+    """The synchronous path (as the node serves replica writes): even numbers only."""
+    if method == "echo" and isinstance(args, int) and args % 2 == 0:
+        return True, [caller, args, "fast"]
+    if method == "echo" and args == "refuse":
+        raise InvalidRequest("refused on the fast path")
+    return False, None
+
+
+class _Answers:
+    def __init__(self) -> None:
+        self.got: dict[Any, tuple[Any, BaseException | None]] = {}
+        self.done = asyncio.Event()
+        self.expected = 0
+
+    def reply(self, key: Any) -> Any:
+        self.expected += 1
+
+        def answer(result: Any, exc: BaseException | None) -> None:
+            assert key not in self.got  # each call is answered once
+            self.got[key] = (result, exc)
+            if len(self.got) == self.expected:
+                self.done.set()
+
+        return answer
+
+    async def all(self) -> dict[Any, tuple[Any, BaseException | None]]:
+        await asyncio.wait_for(self.done.wait(), 5)
+        return self.got
+
+
+async def test_posted_calls_of_one_iteration_travel_in_one_batch() -> None:
+    server = RpcServer(_echo, TOKEN, fast=_fast_echo)
+    port = free_port()
+    await server.start("127.0.0.1", port)
+    client = TcpTransport("me", lambda _n: ("127.0.0.1", port), token=TOKEN)
+    try:
+        await client.call("peer", "echo", 0, 2)  # connected, batches announced
+        before = client.calls
+        answers = _Answers()
+        for i in range(10):  # fast (even) and task-served (odd) calls in one batch
+            client.post("peer", "echo", i, 2, answers.reply(i))
+        client.post("peer", "nope", None, 2, answers.reply("nope"))
+        client.post("peer", "echo", "refuse", 2, answers.reply("refuse"))
+        got = await answers.all()
+        assert client.calls - before == 2  # one frame per method
+        for i in range(10):
+            expected = ["me", i, "fast"] if i % 2 == 0 else ["me", i]
+            assert got[i] == (expected, None)
+        for key, message in (("nope", "unknown method"), ("refuse", "refused on the fast")):
+            result, exc = got[key]
+            assert result is None and isinstance(exc, RemoteError)
+            assert exc.remote_code == "invalid_request" and message in str(exc)
+        # the next iteration's posts make a new batch
+        more = _Answers()
+        client.post("peer", "echo", 20, 2, more.reply(20))
+        assert (await more.all())[20] == (["me", 20, "fast"], None)
+        assert client.calls - before == 3
+    finally:
+        await client.close()
+        await server.stop()
+
+
+async def test_a_batch_fails_every_call_at_its_deadline_or_when_the_connection_drops() -> None:
+    server, port = await _server()
+    client = TcpTransport("me", lambda _n: ("127.0.0.1", port), token=TOKEN)
+    loop = asyncio.get_running_loop()
+    try:
+        await client.call("peer", "echo", 0, 2)
+        answers = _Answers()
+        t0 = loop.time()
+        client.post("peer", "slow", 1, 0.2, answers.reply(1))
+        client.post("peer", "slow", 2, 0.3, answers.reply(2))  # the batch's deadline
+        got = await answers.all()
+        assert loop.time() - t0 >= 0.29
+        for key in (1, 2):
+            result, exc = got[key]
+            assert result is None and isinstance(exc, PeerError)
+            assert "slow timed out after 0.3" in str(exc)
+
+        lost = _Answers()
+        client.post("peer", "slow", 3, 5, lost.reply(3))
+        await asyncio.sleep(0.05)  # sent
+        for conn in list(server.connections):
+            conn.close()
+        result, exc = (await lost.all())[3]
+        assert result is None and isinstance(exc, PeerError) and "connection lost" in str(exc)
+    finally:
+        await client.close()
+        await server.stop()
+
+
+async def test_an_older_server_gets_posted_calls_one_frame_each() -> None:
+    """A server that predates batches (its hello answer names no features) is sent
+    every posted call in a frame of its own: a rolling upgrade keeps replicating."""
+    server = RpcServer(_echo, TOKEN, features=[])
+    port = free_port()
+    await server.start("127.0.0.1", port)
+    client = TcpTransport("me", lambda _n: ("127.0.0.1", port), token=TOKEN)
+    try:
+        answers = _Answers()
+        client.post("peer", "echo", "first", 2, answers.reply("first"))  # connects
+        assert (await answers.all())["first"] == (["me", "first"], None)
+        before = client.calls
+        answers = _Answers()
+        for i in range(5):
+            client.post("peer", "echo", i, 2, answers.reply(i))
+        got = await answers.all()
+        assert client.calls - before == 5
+        assert got == {i: (["me", i], None) for i in range(5)}
+    finally:
+        await client.close()
+        await server.stop()
+
+
+async def test_a_malformed_batch_is_refused_and_the_connection_kept() -> None:
+    server, port = await _server()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        framer = _Framer()
+
+        async def frame() -> Any:
+            while True:
+                got = framer.feed(await asyncio.wait_for(reader.read(65536), 5))
+                if got:
+                    assert len(got) == 1
+                    return got[0]
+
+        writer.write(_frame([0, "hello", [TOKEN, "raw"]]))
+        assert await frame() == [0, 0, ["ok", [BATCH]]]
+        for i, bad in enumerate(([], "echo", ["echo", "x"], [BATCH, []], [7, []])):
+            writer.write(_frame([i + 1, BATCH, bad]))
+            msg_id, status, error = await frame()
+            assert (msg_id, status, error[0]) == (i + 1, 1, "invalid_request")
+        writer.write(_frame([9, BATCH, ["echo", [1, 2]]]))
+        assert await frame() == [9, 0, [[0, ["raw", 1]], [0, ["raw", 2]]]]
+        writer.close()
+    finally:
+        await server.stop()
