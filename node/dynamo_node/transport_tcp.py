@@ -13,10 +13,10 @@ that predates batches answered "ok": the client then sends every call in its own
 frame). Frames larger than MAX_FRAME are refused.
 
 Batches: the calls `post`ed to one peer for one method during an event-loop iteration
-leave as one batch frame when the iteration's output is flushed, and come back as one
-reply. Measured in process with 1 KiB merges, 20 calls per iteration: ~7-9 us of CPU per
-call (client and server) in frames of their own, ~2 us in one batch (tests/node/
-test_transport_tcp.py covers the behaviour; bench/README.md the measurement).
+leave as one batch frame when the iteration's output is flushed (or as soon as their
+encodings reach BATCH_BYTES), and come back as one reply. Measured in process with
+1 KiB merges, 20 calls per iteration: ~7-9 us of CPU per call (client and server) in
+frames of their own, ~2 us in one batch (bench/README.md).
 """
 
 from __future__ import annotations
@@ -49,6 +49,9 @@ _LEN = struct.Struct(">I")
 HELLO = "hello"
 #: the method name of a batch frame (never a handler's)
 BATCH = "batch"
+#: a batch is sent as soon as its calls' encodings reach this size (frames stay far
+#: below MAX_FRAME however many large values one iteration posts)
+BATCH_BYTES = 1024 * 1024
 #: what this server understands beyond single calls, announced in its hello reply
 FEATURES = [BATCH]
 
@@ -56,6 +59,14 @@ FEATURES = [BATCH]
 def _pack(obj: Any) -> bytes:
     body = pack(obj)
     return _LEN.pack(len(body)) + body
+
+
+def _array_header(n: int) -> bytes:
+    if n < 16:
+        return bytes([0x90 | n])
+    if n < 0x10000:
+        return b"\xdc" + n.to_bytes(2, "big")
+    return b"\xdd" + n.to_bytes(4, "big")
 
 
 class _Framer:
@@ -119,9 +130,11 @@ class _Output:
             self._loop.call_soon(self.flush)
 
     def flush(self) -> None:
-        if self._before is not None:
-            self._before()
-        self._scheduled = False
+        try:
+            if self._before is not None:
+                self._before()
+        finally:  # a failing hook must not leave the output unscheduled for good
+            self._scheduled = False
         frames, self._frames = self._frames, []
         transport = self.transport
         if frames and transport is not None and not transport.is_closing():
@@ -319,8 +332,9 @@ def _tune(transport: asyncio.BaseTransport | None) -> None:
 
 
 # --- client ------------------------------------------------------------------------
-#: sends a call on a connection, its deadline kept: (conn, method, args, deadline, name)
-Launch = Callable[["_ClientProtocol", str, Any, float, str], "asyncio.Future[Any]"]
+#: sends a call on a connection, its deadline kept:
+#: (conn, method, args, deadline, name, args already encoded or None)
+Launch = Callable[["_ClientProtocol", str, Any, float, str, bytes | None], "asyncio.Future[Any]"]
 
 
 def _remote_error(result: Any) -> RemoteError:
@@ -329,15 +343,27 @@ def _remote_error(result: Any) -> RemoteError:
 
 
 class _Batch:
-    """The calls posted to one peer for one method during a loop iteration."""
+    """Calls posted to one peer for one method during a loop iteration, each encoded
+    when posted (an argument that cannot be encoded fails its own `post`)."""
 
-    __slots__ = ("calls", "deadline", "method", "replies")
+    __slots__ = ("deadline", "method", "parts", "replies", "size")
 
     def __init__(self, method: str) -> None:
         self.method = method
-        self.calls: list[Any] = []
+        self.parts: list[bytes] = []
         self.replies: list[Reply] = []
+        self.size = 0
         self.deadline = 0.0
+
+    def add(self, part: bytes, reply: Reply, deadline: float) -> None:
+        self.parts.append(part)
+        self.replies.append(reply)
+        self.size += len(part)
+        self.deadline = max(self.deadline, deadline)
+
+    def encoded_args(self) -> bytes:
+        """msgpack of [method, [args, ...]] from the calls' own encodings."""
+        return b"".join([b"\x92", pack(self.method), _array_header(len(self.parts)), *self.parts])
 
     def resolve(self, fut: asyncio.Future[Any]) -> None:
         """Answer every call from the batch's reply (or with its failure)."""
@@ -414,36 +440,48 @@ class _ClientProtocol(asyncio.Protocol):
             else:
                 fut.set_exception(_remote_error(result))
 
-    def send(self, msg_id: int, method: str, args: Any) -> asyncio.Future[Any]:
+    def send(
+        self, msg_id: int, method: str, args: Any, encoded: bytes | None = None
+    ) -> asyncio.Future[Any]:
+        """Send a call (`encoded`: its arguments, already msgpack)."""
         fut: asyncio.Future[Any] = self.loop.create_future()
         if self.transport is None or self.transport.is_closing():
             fut.set_exception(PeerError(f"{self.node}: not connected"))
             return fut
+        if encoded is None:
+            frame = _pack([msg_id, method, args])
+        else:
+            body = b"".join([b"\x93", pack(msg_id), pack(method), encoded])
+            frame = _LEN.pack(len(body)) + body
         self.pending[msg_id] = fut
-        self._out.add(_pack([msg_id, method, args]))
+        self._out.add(frame)
         return fut
 
     def post(self, method: str, args: Any, reply: Reply, deadline: float) -> None:
-        """Add a call to this iteration's batch of `method` (sent when output flushes)."""
+        """Add a call to this iteration's batch of `method` (sent when output flushes,
+        or at once when it reaches BATCH_BYTES)."""
+        part = pack(args)
         batch = self._open.get(method)
         if batch is None:
             batch = self._open[method] = _Batch(method)
             self._out.schedule()
-        batch.calls.append(args)
-        batch.replies.append(reply)
-        batch.deadline = max(batch.deadline, deadline)
+        elif batch.size + len(part) > BATCH_BYTES:
+            self._send_batch(batch)
+            batch = self._open[method] = _Batch(method)
+        batch.add(part, reply, deadline)
 
     def _seal(self) -> None:
         """Before the output is written: each open batch becomes one frame."""
         if not self._open:
             return
         batches, self._open = self._open, {}
-        assert self._launch is not None
         for batch in batches.values():
-            fut = self._launch(
-                self, BATCH, [batch.method, batch.calls], batch.deadline, batch.method
-            )
-            fut.add_done_callback(batch.resolve)
+            self._send_batch(batch)
+
+    def _send_batch(self, batch: _Batch) -> None:
+        assert self._launch is not None
+        fut = self._launch(self, BATCH, None, batch.deadline, batch.method, batch.encoded_args())
+        fut.add_done_callback(batch.resolve)
 
 
 #: (deadline, call id, connection, future, method, sent): the call id orders equal deadlines
@@ -559,7 +597,13 @@ class TcpTransport:
         conn.post(method, args, reply, conn.loop.time() + timeout)
 
     def _launch(
-        self, conn: _ClientProtocol, method: str, args: Any, deadline: float, name: str
+        self,
+        conn: _ClientProtocol,
+        method: str,
+        args: Any,
+        deadline: float,
+        name: str,
+        encoded: bytes | None = None,
     ) -> asyncio.Future[Any]:
         """Send a call on a ready connection; it fails at `deadline` (`name` in the
         message) unless answered."""
@@ -567,7 +611,7 @@ class TcpTransport:
         self._next_id += 1
         msg_id = self._next_id
         self.calls += 1
-        fut = conn.send(msg_id, method, args)
+        fut = conn.send(msg_id, method, args, encoded)
         sent = loop.time()
         heapq.heappush(self._deadlines, (deadline, msg_id, conn, fut, name, sent))
         if deadline < self._timer_at:

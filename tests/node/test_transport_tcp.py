@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from dynamo_node.errors import InvalidRequest, PeerError
 from dynamo_node.transport import RemoteError
-from dynamo_node.transport_tcp import BATCH, RpcServer, TcpTransport, _Framer, _Output
+from dynamo_node.transport_tcp import BATCH, BATCH_BYTES, RpcServer, TcpTransport, _Framer, _Output
 from tests.harness import free_port
 
 TOKEN = "cluster-secret"
@@ -277,6 +277,28 @@ async def test_posted_calls_of_one_iteration_travel_in_one_batch() -> None:
         more = _Answers()
         client.post("peer", "echo", 20, 2, more.reply(20))
         assert (await more.all())[20] == (["me", 20, "fast"], None)
+        assert client.calls - before == 3
+    finally:
+        await client.close()
+        await server.stop()
+
+
+async def test_large_batches_split_and_bad_arguments_fail_their_own_post() -> None:
+    server, port = await _server()
+    client = TcpTransport("me", lambda _n: ("127.0.0.1", port), token=TOKEN)
+    try:
+        await client.call("peer", "echo", 0, 2)
+        before = client.calls
+        answers = _Answers()
+        big = {i: bytes([i]) * (BATCH_BYTES * 2 // 5) for i in range(5)}
+        for i, value in big.items():
+            client.post("peer", "echo", value, 5, answers.reply(i))
+        with pytest.raises(TypeError):
+            client.post("peer", "echo", object(), 5, answers.reply("never"))
+        answers.expected -= 1  # the refused post is never answered
+        got = await answers.all()
+        assert got == {i: (["me", value], None) for i, value in big.items()}
+        # 2/5 of the cap each: frames of 2, 2 and 1 calls, none near MAX_FRAME
         assert client.calls - before == 3
     finally:
         await client.close()
