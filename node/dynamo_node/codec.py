@@ -23,14 +23,29 @@ FORMAT = 1
 _local = threading.local()
 
 
+def _packer() -> msgpack.Packer:
+    """This thread's Packer (bin type on): packb builds and frees a Packer and its
+    buffer on every call."""
+    try:
+        return _local.packer  # type: ignore[no-any-return]
+    except AttributeError:
+        packer = _local.packer = msgpack.Packer(use_bin_type=True)
+        return packer
+
+
 def pack(obj: Any) -> bytes:
-    """msgpack bytes of `obj` (bin type on), with one reused Packer per thread: packb
-    builds and frees a Packer and its buffer on every call."""
+    """msgpack bytes of `obj` (bin type on), with one reused Packer per thread (the
+    lookup is inlined: this is called several times per request)."""
     try:
         packer = _local.packer
     except AttributeError:
-        packer = _local.packer = msgpack.Packer(use_bin_type=True)
+        packer = _packer()
     return packer.pack(obj)  # type: ignore[no-any-return]
+
+
+def pack_array_header(n: int) -> bytes:
+    """The msgpack header of an array of `n` items (their encodings follow it)."""
+    return _packer().pack_array_header(n)  # type: ignore[no-any-return]
 
 
 class CodecError(ValueError):

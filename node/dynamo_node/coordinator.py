@@ -124,22 +124,19 @@ class Coordinator:
         return loop
 
     # --- plumbing --------------------------------------------------------------------
-    def _start(
-        self, node: str, method: str, args: Any, timeout: float, observe: bool = True
-    ) -> asyncio.Future[Any]:
+    def _start(self, node: str, method: str, args: Any, timeout: float) -> asyncio.Future[Any]:
         """Send a call to a peer; the future resolves with its answer or PeerError. Its
-        outcome tells the failure detector about the peer (`observe`; a caller with a
-        callback of its own on the future calls `_observe` there instead: one callback
-        fewer per call on the write path)."""
+        outcome tells the failure detector about the peer."""
         fut = self.transport.start(node, method, args, max(0.001, timeout))
-        if observe:
-            fut.add_done_callback(functools.partial(self._observe, node))
+        fut.add_done_callback(functools.partial(self._observe, node))
         return fut
 
     def _observe(self, node: str, fut: asyncio.Future[Any]) -> None:
-        if fut.cancelled():
-            return
-        exc = fut.exception()
+        if not fut.cancelled():
+            self._heard(node, fut.exception())
+
+    def _heard(self, node: str, exc: BaseException | None) -> None:
+        """A call's outcome, for the failure detector."""
         if exc is None:
             self.view.report_alive(node)
         elif isinstance(exc, PeerError):
@@ -383,12 +380,10 @@ class Coordinator:
         stands for this replica (counts toward W)."""
 
         def done(_result: Any, exc: BaseException | None) -> None:
+            self._heard(node, exc)
             if exc is None:
-                self.view.report_alive(node)
                 votes.vote(True)
                 return
-            if isinstance(exc, PeerError):
-                self.view.report_unreachable(node)
             self._background(
                 self._fall_back(votes, hint_for or node, skey, encoded, obj, spare, deadline)
             )

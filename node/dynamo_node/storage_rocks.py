@@ -58,7 +58,7 @@ MEMTABLE_BLOOM_RATIO = 0.05
 
 def direct_io_works(path: str) -> bool:
     """Whether files under `path` can be opened with O_DIRECT (RocksDB's wiki: check
-    the filesystem before enabling it; tmpfs refuses it, with EINVAL)."""
+    the filesystem before enabling it; tmpfs before Linux 6.6 refuses it, EINVAL)."""
     flag = getattr(os, "O_DIRECT", 0)
     if not flag:
         return False
@@ -97,7 +97,7 @@ def _options(direct_io: bool = False) -> Options:
     # flushes and compactions write (and compactions read) their tables with O_DIRECT:
     # through the page cache every byte was copied once more in the kernel and left
     # dirty pages for writeback, on the node's own core; reads still use the page
-    # cache. Only where the filesystem takes O_DIRECT (tmpfs does not).
+    # cache. Only where the filesystem takes O_DIRECT (tmpfs before Linux 6.6 does not).
     opts.set_use_direct_io_for_flush_and_compaction(direct_io)
     return opts
 

@@ -35,7 +35,7 @@ from typing import Any, cast
 
 import msgpack
 
-from .codec import pack
+from .codec import pack, pack_array_header
 from .errors import DynamoError, PeerError
 from .transport import Handler, RemoteError, Reply, deliver
 
@@ -59,14 +59,6 @@ FEATURES = [BATCH]
 def _pack(obj: Any) -> bytes:
     body = pack(obj)
     return _LEN.pack(len(body)) + body
-
-
-def _array_header(n: int) -> bytes:
-    if n < 16:
-        return bytes([0x90 | n])
-    if n < 0x10000:
-        return b"\xdc" + n.to_bytes(2, "big")
-    return b"\xdd" + n.to_bytes(4, "big")
 
 
 class _Framer:
@@ -363,7 +355,10 @@ class _Batch:
 
     def encoded_args(self) -> bytes:
         """msgpack of [method, [args, ...]] from the calls' own encodings."""
-        return b"".join([b"\x92", pack(self.method), _array_header(len(self.parts)), *self.parts])
+        parts = self.parts
+        return b"".join(
+            [pack_array_header(2), pack(self.method), pack_array_header(len(parts)), *parts]
+        )
 
     def resolve(self, fut: asyncio.Future[Any]) -> None:
         """Answer every call from the batch's reply (or with its failure)."""
@@ -451,7 +446,7 @@ class _ClientProtocol(asyncio.Protocol):
         if encoded is None:
             frame = _pack([msg_id, method, args])
         else:
-            body = b"".join([b"\x93", pack(msg_id), pack(method), encoded])
+            body = b"".join([pack_array_header(3), pack(msg_id), pack(method), encoded])
             frame = _LEN.pack(len(body)) + body
         self.pending[msg_id] = fut
         self._out.add(frame)
