@@ -27,6 +27,7 @@ import jsonschema
 
 from .crdcheck import (
     _MISSING,
+    ROOT,
     _at,
     collect_rules,
     compile_rule,
@@ -34,8 +35,6 @@ from .crdcheck import (
     load_yaml,
     to_json_schema,
 )
-
-ROOT = Path(__file__).resolve().parents[2]
 
 #: CEL functions that walk a whole string
 _STRING_WALKERS = re.compile(r"\b(matches|contains|startsWith|endsWith|duration|quantity|size)\(")
@@ -80,7 +79,7 @@ def default_errors(schema: dict[str, Any]) -> list[str]:
         for rule in collect_rules(node.schema):
             if rule.transition:
                 continue
-            target = _at(value, rule.path) if rule.path else value
+            target = _at(value, rule.path)
             if target is _MISSING:
                 continue
             if not evaluate(rule.rule, target):

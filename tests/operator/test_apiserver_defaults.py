@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from .apiserver_defaults import ROOT, crd_errors, crd_files, default_errors, walk
+from .apiserver_defaults import bound_errors, crd_errors, crd_files, default_errors
 
 OLD_CRD = Path(__file__).parent / "fixtures" / "dynamoclusters-0.1.0-rejected.yaml"
 
@@ -57,22 +57,8 @@ def test_a_rule_over_an_unbounded_string_is_reported() -> None:
             "s": {"type": "string", "x-kubernetes-validations": [{"rule": "self.matches('a')"}]}
         },
     }
-    from .apiserver_defaults import bound_errors
-
     assert bound_errors(doc_schema) == [
         "s: rule \"self.matches('a')\" walks a string without maxLength"
     ]
     doc_schema["properties"]["s"]["maxLength"] = 8
     assert bound_errors(doc_schema) == []
-
-
-def test_walk_reaches_every_property() -> None:
-    from .crdcheck import openapi_schema
-
-    paths = {n.path for n in walk(openapi_schema())}
-    assert ("spec", "replication", "r") in paths
-
-
-def test_chart_copy_is_the_crd() -> None:
-    copy = ROOT / "charts" / "dynamokv-operator" / "files" / "dynamoclusters.yaml"
-    assert copy.read_bytes() == (ROOT / "crds" / "dynamoclusters.yaml").read_bytes()
