@@ -1,8 +1,7 @@
 """The operator's own settings, in one frozen object (no magic numbers in the handlers).
 
-Read once from the environment (`OperatorConfig.from_env`), because Kopf fixes a timer's
-interval when the handler is registered, at import time; `dynamo-operator --interval`
-sets the variable before importing the handlers.
+Read once from the environment (`OperatorConfig.from_env`) when the handlers import;
+`dynamo-operator --interval` sets the variable before importing them.
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ DEFAULT_RETRY_DELAY_S = 10.0
 
 @dataclass(frozen=True, slots=True)
 class OperatorConfig:
-    """interval_s: how often each cluster is observed and stepped (the timer);
+    """interval_s: how often each cluster is observed and stepped;
     node_timeout_s: the deadline of one admin call to a node;
     retry_delay_s: the delay of `kopf.TemporaryError` after a failed API call."""
 

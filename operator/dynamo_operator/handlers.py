@@ -3,12 +3,16 @@
 - `reconcile` (create, resume, update): converge the owned objects on the builders'
   output (`reconcile.py`); the StatefulSet is created at the requested size, later only
   its template changes here (its replicas belong to the scaling machine).
-- `observe` (a timer, every `OperatorConfig.interval_s`): read the StatefulSet, its pods
-  and every node's admin status, run one step of `scaling.next_step`, and write
-  `status`. The operation a step starts is written to `status.operation` *before* the
-  step acts, so an operator killed in between finds it on restart.
-- Deletion: owned objects carry owner references and go with the DynamoCluster; volumes
-  follow `spec.pvcRetention` (the StatefulSet's PVC retention policy).
+- `observe` (every `OperatorConfig.interval_s`, run by a `Ticker` that watch events
+  start and stop, not by a Kopf timer: a timer would put Kopf's finalizer on every
+  cluster): read the StatefulSet, its pods and every node's admin status, run one step
+  of `scaling.next_step`, and write `status`. The operation a step starts is written to
+  `status.operation` *before* the step acts, so an operator killed in between finds it
+  on restart.
+- Deletion: no handler and no finalizer (the operator has no deletion work), so a
+  cluster deleted while the operator is down goes at once. Owned objects carry owner
+  references and go with the DynamoCluster; volumes follow `spec.pvcRetention` (the
+  StatefulSet's PVC retention policy).
 
 Nothing here sleeps: a failed API call raises `kopf.TemporaryError(delay=...)`, an
 invalid spec `kopf.PermanentError` (with a Failed status and a warning event), and a
@@ -29,7 +33,7 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import kopf
 
@@ -75,6 +79,7 @@ from .steps import (
     Step,
     Wait,
 )
+from .ticker import Ticker
 
 log = logging.getLogger("dynamo.operator")
 
@@ -141,11 +146,26 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         memo["kube"] = await asyncio.to_thread(Kube.from_environment)
     if memo.get("nodes") is None:
         memo["nodes"] = NodeAdmin(timeout_s=CONFIG.node_timeout_s)
-    memo.setdefault("config", CONFIG)
+    config = memo.setdefault("config", CONFIG)
+    interval = config.interval_s if isinstance(config, OperatorConfig) else CONFIG.interval_s
+
+    async def tick(body: Mapping[str, Any]) -> None:
+        await _tick(memo, body)
+
+    memo["ticker"] = Ticker(tick, interval, delay_of=_temporary_delay)
+
+
+def _temporary_delay(exc: BaseException) -> float | None:
+    if isinstance(exc, kopf.TemporaryError):
+        return exc.delay
+    return None
 
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    ticker = memo.get("ticker")
+    if isinstance(ticker, Ticker):
+        await ticker.close()
     nodes = memo.get("nodes")
     if isinstance(nodes, NodeAdmin):
         await nodes.close()
@@ -234,15 +254,29 @@ async def _fail(
 # --- observe and step --------------------------------------------------------------------
 
 
-@kopf.timer(
-    GROUP,
-    VERSION,
-    PLURAL,
-    id="observe",
-    interval=CONFIG.interval_s,
-    backoff=CONFIG.interval_s,
-    errors=kopf.ErrorsMode.TEMPORARY,
-)
+@kopf.on.event(GROUP, VERSION, PLURAL)
+async def watch(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Start, feed and stop the cluster's observation loop (Kopf names the kwarg `type`)."""
+    ticker = memo.get("ticker")
+    if isinstance(ticker, Ticker):
+        ticker.seen(type, body)
+
+
+async def _tick(memo: Any, raw: Mapping[str, Any]) -> None:
+    body = raw if isinstance(raw, kopf.Body) else kopf.Body(cast(kopf.RawBody, dict(raw)))
+    meta = body.meta
+    await observe(
+        body=body,
+        spec=body.spec,
+        meta=meta,
+        status=body.status,
+        name=meta.name or "",
+        namespace=meta.namespace,
+        uid=meta.uid or "",
+        memo=memo,
+    )
+
+
 async def observe(
     body: kopf.Body,
     spec: kopf.Spec,

@@ -6,7 +6,7 @@
 
 Without `--namespace` or `--all-namespaces` it serves the namespace it runs in (the
 service account's), else `default`. The handlers are imported only after the flags are
-parsed: the timer interval is fixed when they register.
+parsed: the default configuration is read when they import.
 """
 
 from __future__ import annotations

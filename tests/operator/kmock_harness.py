@@ -64,7 +64,7 @@ from kmock._internal.aiobus import Bus
 from dynamo_operator.config import INTERVAL_ENV, OperatorConfig
 from tests.harness import free_port
 
-# Kopf fixes the timer interval when the handlers register: set it before importing them.
+# The handlers read the observation interval when they import: set it before importing them.
 INTERVAL_S = 0.5
 os.environ.setdefault(INTERVAL_ENV, str(INTERVAL_S))
 
