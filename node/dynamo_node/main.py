@@ -19,7 +19,7 @@ from aiohttp import web
 from .config import NodeConfig
 from .errors import DynamoError
 from .http1 import KvServer
-from .memory import MIB, default_row_cache_bytes, memory_limit
+from .memory import MIB, declared_limit, default_row_cache_bytes, memory_limit
 from .metrics import Metrics
 from .node import Node
 from .storage_rocks import RocksStorage
@@ -294,6 +294,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     try:
         config = build_config(args)
+        declared_limit(os.environ)  # a garbled downward-API value stops here, clearly
     except (DynamoError, OSError, ValueError, TypeError) as exc:
         print(f"dynamo-node: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -1,8 +1,12 @@
 """How much memory this node may use, and the default size of its row cache.
 
 A node sizes its row cache from the memory it is given, as a database does (Scylla takes
-the container's memory, the JVM's `MaxRAMPercentage` a share of it): the cgroup limit
-when there is one (a Kubernetes pod's `resources.limits.memory`), else the machine's.
+the container's memory, the JVM's `MaxRAMPercentage` a share of it). In this order:
+1. `DYNAMO_MEMORY_LIMIT_BYTES`, which the operator fills from the pod's own
+   `resources.limits.memory` (or, without a limit, `requests.memory`) through the
+   downward API: what Kubernetes promised the container, whatever the host has;
+2. the cgroup limit, when there is one;
+3. the machine's memory (a process outside any container: `dynamoctl local`).
 A cache sized from memory lets a data set that fits in memory be served from memory; a
 fixed small cache turned a 100k-key YCSB load into RocksDB lookups on every write
 (bench/README.md).
@@ -13,9 +17,14 @@ cache, and the page cache. Nodes that share one machine (`dynamoctl local`) spli
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from pathlib import Path
 
 MIB = 1024 * 1024
+#: the memory the orchestrator gives this node, in bytes (the downward API's
+#: `resourceFieldRef` with divisor 1)
+MEMORY_LIMIT_ENV = "DYNAMO_MEMORY_LIMIT_BYTES"
 #: the row cache takes 1/ROW_CACHE_SHARE of the memory limit by default
 ROW_CACHE_SHARE = 8
 #: a floor, so a node with a tiny limit still caches its hottest keys
@@ -48,10 +57,25 @@ def _mem_total(root: Path) -> int | None:
     return None
 
 
-def memory_limit(root: Path = Path("/")) -> int | None:
-    """The memory this process may use: the smallest of its cgroup limit (v2 or v1;
-    "max" and v1's huge "unlimited" value are no limit) and the machine's total memory.
-    None if neither can be read."""
+def declared_limit(environ: Mapping[str, str]) -> int | None:
+    """`DYNAMO_MEMORY_LIMIT_BYTES` as a positive integer, None when unset or empty.
+    Anything else is a ValueError (a typo must not silently size the cache from the
+    host)."""
+    text = environ.get(MEMORY_LIMIT_ENV, "").strip()
+    if not text:
+        return None
+    if not text.isdigit() or int(text) <= 0:
+        raise ValueError(f"{MEMORY_LIMIT_ENV} must be a positive number of bytes, got {text!r}")
+    return int(text)
+
+
+def memory_limit(root: Path = Path("/"), environ: Mapping[str, str] | None = None) -> int | None:
+    """The memory this process may use: `DYNAMO_MEMORY_LIMIT_BYTES` when set, else the
+    smallest of its cgroup limit (v2 or v1; "max" and v1's huge "unlimited" value are
+    no limit) and the machine's total memory. None if nothing can be read."""
+    declared = declared_limit(os.environ if environ is None else environ)
+    if declared is not None:
+        return declared
     limits: list[int] = []
     for name in _CGROUP_FILES:
         text = _read(root / name)

@@ -58,6 +58,16 @@ CLIENT_TOKEN_KEY = "client-token"
 CLUSTER_TOKEN_KEY = "cluster-token"
 CLIENT_TOKEN_ENV = "DYNAMO_CLIENT_TOKEN"
 CLUSTER_TOKEN_ENV = "DYNAMO_CLUSTER_TOKEN"
+#: the node sizes its caches from this (bytes), filled by the downward API
+MEMORY_LIMIT_ENV = "DYNAMO_MEMORY_LIMIT_BYTES"
+#: the node container's resources when `spec.resources` is unset: a request so the pods
+#: are not BestEffort (first evicted, scheduled anywhere), a memory limit equal to the
+#: request so the node knows what it may use (its row cache takes 1/8 of it), and no CPU
+#: limit (CFS throttling would stall the event loop and trip the failure detector)
+DEFAULT_RESOURCES: dict[str, dict[str, str]] = {
+    "requests": {"cpu": "500m", "memory": "1Gi"},
+    "limits": {"memory": "1Gi"},
+}
 #: SIGTERM makes the node flush and stop; give it time before the SIGKILL
 TERMINATION_GRACE_PERIOD_S = 60
 HOSTNAME_TOPOLOGY_KEY = "kubernetes.io/hostname"
@@ -440,9 +450,33 @@ def _container(name: str, namespace: str, spec: ClusterSpec) -> dict[str, Any]:
         )
     if spec.image_pull_policy is not None:
         container["imagePullPolicy"] = spec.image_pull_policy
-    if spec.resources:
-        container["resources"] = copy.deepcopy(spec.resources)
+    resources = node_resources(spec)
+    container["resources"] = resources
+    basis = memory_basis(resources)
+    if basis is not None:
+        container["env"].append(_resource_env(MEMORY_LIMIT_ENV, basis))
     return container
+
+
+def node_resources(spec: ClusterSpec) -> JsonObject:
+    """`spec.resources` as given, or DEFAULT_RESOURCES when unset (a fresh copy)."""
+    return copy.deepcopy(dict(spec.resources) if spec.resources else DEFAULT_RESOURCES)
+
+
+def memory_basis(resources: JsonObject) -> str | None:
+    """What the node sizes its memory from: `limits.memory`, else `requests.memory`
+    (what the scheduler promised), else nothing (the node then falls back on its cgroup,
+    i.e. the Kubernetes node's memory: docs/operations.md says to give a limit)."""
+    for part, resource in (("limits", "limits.memory"), ("requests", "requests.memory")):
+        amounts = resources.get(part)
+        if isinstance(amounts, dict) and "memory" in amounts:
+            return resource
+    return None
+
+
+def _resource_env(env: str, resource: str) -> dict[str, Any]:
+    ref = {"containerName": CONTAINER_NAME, "resource": resource, "divisor": "1"}
+    return {"name": env, "valueFrom": {"resourceFieldRef": ref}}
 
 
 def _args(name: str, namespace: str, *, tls: bool = False) -> list[str]:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from dynamo_node.memory import (
+    MEMORY_LIMIT_ENV,
     MIB,
     MIN_ROW_CACHE_BYTES,
     default_row_cache_bytes,
@@ -69,3 +70,16 @@ def test_default_row_cache_is_an_eighth_split_between_nodes() -> None:
 def test_this_machine_has_a_readable_limit() -> None:
     limit = memory_limit()
     assert limit is not None and limit > 64 * MIB
+
+
+def test_the_downward_api_value_comes_first(tmp_path: Path) -> None:
+    root = _root(tmp_path, MEMINFO, v2="max\n")  # a pod without a cgroup limit seen
+    assert memory_limit(root, {MEMORY_LIMIT_ENV: str(GIB)}) == GIB
+    assert memory_limit(root, {MEMORY_LIMIT_ENV: f" {GIB}\n"}) == GIB
+    assert memory_limit(root, {MEMORY_LIMIT_ENV: ""}) == 24683780 * 1024  # unset: as before
+
+
+@pytest.mark.parametrize("text", ["1Gi", "-5", "0", "1.5e9", "lots"])
+def test_a_garbled_downward_api_value_is_an_error(tmp_path: Path, text: str) -> None:
+    with pytest.raises(ValueError, match=MEMORY_LIMIT_ENV):
+        memory_limit(_root(tmp_path, MEMINFO), {MEMORY_LIMIT_ENV: text})

@@ -412,6 +412,23 @@ class PodProcess:
         return self.proc.poll() is None
 
 
+_QUANTITY_SUFFIX = {
+    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40,
+    "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "": 1,
+}  # fmt: skip
+
+
+def _resource_field(container: Mapping[str, Any], ref: Mapping[str, Any]) -> str:
+    """A downward-API `resourceFieldRef` as the kubelet renders it (integer quantities
+    with divisor 1; requests and limits the container declares)."""
+    assert ref.get("containerName") in (None, container["name"]), ref
+    assert str(ref.get("divisor", "1")) == "1", ref
+    part, _, name = ref["resource"].partition(".")
+    amount = str(container["resources"][part][name])
+    number = amount.rstrip("KMGTik")
+    return str(int(number) * _QUANTITY_SUFFIX[amount[len(number) :]])
+
+
 @dataclass
 class Kubelet:
     """StatefulSet controller + kubelet for one namespace, with real node processes."""
@@ -645,6 +662,9 @@ class Kubelet:
                 secret = self.object("v1/secrets", ref["name"])
                 assert secret is not None, f"secret {ref['name']} missing for {pod}"
                 env[var["name"]] = base64.b64decode(secret["data"][ref["key"]]).decode()
+            resource = (var.get("valueFrom") or {}).get("resourceFieldRef")
+            if resource:
+                env[var["name"]] = _resource_field(container, resource)
         config_map = next(v["configMap"]["name"] for v in pod_spec["volumes"] if "configMap" in v)
         config = self.object("v1/configmaps", config_map)
         assert config is not None, f"configmap {config_map} missing for {pod}"

@@ -12,9 +12,11 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
+from dynamo_node import memory as node_memory
 from dynamo_node.config import NodeConfig
 from dynamo_operator import builders
 from dynamo_operator.builders import (
+    MEMORY_LIMIT_ENV,
     auth_secret,
     client_service,
     config_hash,
@@ -313,7 +315,43 @@ def test_resources_and_pull_policy() -> None:
         "limits": {"memory": "4Gi"},
     }
     assert container["imagePullPolicy"] == "IfNotPresent"
-    assert "resources" not in _container()
+
+
+def _memory_env(container: dict[str, Any]) -> dict[str, Any] | None:
+    found = [e for e in container["env"] if e["name"] == MEMORY_LIMIT_ENV]
+    assert len(found) <= 1
+    return found[0]["valueFrom"]["resourceFieldRef"] if found else None
+
+
+def test_default_resources_give_requests_and_a_memory_limit() -> None:
+    container = _container()
+    assert container["resources"] == {
+        "requests": {"cpu": "500m", "memory": "1Gi"},
+        "limits": {"memory": "1Gi"},
+    }
+    assert "cpu" not in container["resources"]["limits"]  # no CFS throttling of the loop
+    # the node reads the limit from the downward API, by the name the node reads
+    assert MEMORY_LIMIT_ENV == node_memory.MEMORY_LIMIT_ENV
+    assert _memory_env(container) == {
+        "containerName": container["name"],
+        "resource": "limits.memory",
+        "divisor": "1",
+    }
+
+
+@pytest.mark.parametrize(
+    ("resources", "basis"),
+    [
+        ({"requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"memory": "4Gi"}}, "limits.memory"),
+        ({"requests": {"memory": "2Gi"}}, "requests.memory"),
+        ({"requests": {"cpu": "1"}}, None),
+    ],
+)
+def test_user_resources_are_kept_as_given(resources: dict[str, Any], basis: str | None) -> None:
+    container = _container(dataclasses.replace(ClusterSpec(), resources=resources))
+    assert container["resources"] == resources
+    ref = _memory_env(container)
+    assert (ref["resource"] if ref else None) == basis
 
 
 # --- scheduling ----------------------------------------------------------------------

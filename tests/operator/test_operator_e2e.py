@@ -89,6 +89,19 @@ async def test_minimal_example_becomes_available(env: Env) -> None:
     )
     assert code == 403
 
+    # default resources: the node sized its row cache from the pod's memory limit (1Gi,
+    # through the downward API), not from the machine it runs on
+    code, text = await env.node(
+        pods(1)[0], "GET", "/metrics", env.secret_value(NAME, "cluster-token")
+    )
+    assert code == 200, text
+    limits = [
+        float(line.split()[1])
+        for line in text.decode().splitlines()
+        if line.startswith("dynamo_row_cache_limit_bytes ")
+    ]
+    assert limits == [2**30 // 8], limits
+
     # no finalizer: the operator has no deletion work. A cluster made by the previous
     # release carries Kopf's (it came with the timer): the operator drops it.
     assert not (await env.cluster(NAME))["metadata"].get("finalizers")
