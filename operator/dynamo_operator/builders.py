@@ -9,7 +9,10 @@ Invariants of every object built here:
 - labels `app.kubernetes.io/{name,instance,managed-by}`; selectors use only the first two
   (a selector is immutable, so it never carries anything that might change);
 - one owner reference to the DynamoCluster, controller and blockOwnerDeletion true, so
-  the objects go with the resource (the volumes follow `spec.pvcRetention` instead);
+  the objects go with the resource. Two exceptions follow `spec.pvcRetention.whenDeleted`
+  instead: the volumes (the StatefulSet's retention policy) and the generated auth
+  Secret, which is owned only when the volumes go too (`auth_secret_owned`): data kept
+  on retained volumes stays readable with the tokens it was written with;
 - names derive from the cluster name only (`<name>`, `<name>-peers`, `<name>-config`,
   `<name>-auth`), so a restarted operator finds what it built.
 """
@@ -176,12 +179,16 @@ def owner_reference(name: str, uid: str) -> dict[str, Any]:
     }
 
 
-def _metadata(object_name: str, name: str, namespace: str, uid: str) -> dict[str, Any]:
+def _metadata(
+    object_name: str, name: str, namespace: str, uid: str, *, owned: bool = True
+) -> dict[str, Any]:
+    """`owned=False` gives an empty `ownerReferences` (rather than none), so reconciling
+    the ownership paths removes a reference the object had."""
     return {
         "name": object_name,
         "namespace": namespace,
         "labels": labels(name),
-        "ownerReferences": [owner_reference(name, uid)],
+        "ownerReferences": [owner_reference(name, uid)] if owned else [],
     }
 
 
@@ -224,12 +231,24 @@ def configmap(name: str, namespace: str, uid: str, spec: ClusterSpec) -> dict[st
     }
 
 
-def auth_secret(name: str, namespace: str, uid: str, tokens: tuple[str, str]) -> dict[str, Any]:
+def auth_secret_owned(spec: ClusterSpec) -> bool:
+    """Whether the generated auth Secret goes with the DynamoCluster: only when its
+    volumes do (`pvcRetention.whenDeleted: Delete`). With retained volumes the Secret is
+    retained too, so a cluster deleted and created again under the same name finds its
+    data, its ring and the tokens that data was written with (a new Secret would give
+    the restarted nodes new tokens and lock every client out)."""
+    return spec.pvc_retention.when_deleted == "Delete"
+
+
+def auth_secret(
+    name: str, namespace: str, uid: str, tokens: tuple[str, str], *, owned: bool = True
+) -> dict[str, Any]:
     """The generated auth Secret (when `spec.auth.secretName` is unset).
 
     `tokens` is (client token, cluster token): the caller draws them (e.g.
     `secrets.token_hex(32)`), so this stays deterministic. `data` rather than
     `stringData`, so the desired object compares equal to what the API server returns.
+    `owned`: see `auth_secret_owned`.
     """
     client, cluster = tokens
     if not client or not cluster or client == cluster:
@@ -237,7 +256,7 @@ def auth_secret(name: str, namespace: str, uid: str, tokens: tuple[str, str]) ->
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": _metadata(generated_secret_name(name), name, namespace, uid),
+        "metadata": _metadata(generated_secret_name(name), name, namespace, uid, owned=owned),
         "type": "Opaque",
         "data": {
             CLIENT_TOKEN_KEY: base64.b64encode(client.encode()).decode(),

@@ -4,8 +4,10 @@ patch only the fields the operator manages, and only when they differ.
 Level-based and idempotent: run it any number of times, from any state, and the objects
 end up as built. Fields the API server defaults or other controllers own are never
 touched (a patch names each managed path). Two kinds are special:
-- the generated auth Secret is created once and never rewritten (its tokens are
-  random: rewriting them would lock the running nodes out);
+- the generated auth Secret is created once and its data never rewritten (its tokens
+  are random: rewriting them would lock the running nodes out); only its labels and
+  owner reference are kept as built (owned or not, after `pvcRetention.whenDeleted`),
+  and only on a Secret the operator made (labelled managed-by it);
 - the StatefulSet's replicas belong to the scaling machine, not to this module; its pod
   template is compared through a hash annotation (the API server adds defaults to a
   stored template, so comparing the template itself would always see a difference).
@@ -26,7 +28,10 @@ from typing import Any, Literal
 from .builders import (
     API_GROUP,
     CONFIG_FILE,
+    LABEL_MANAGED_BY,
+    MANAGED_BY,
     auth_secret,
+    auth_secret_owned,
     client_service,
     configmap,
     headless_service,
@@ -53,6 +58,7 @@ MANAGED_PATHS: dict[str, tuple[Path, ...]] = {
         ("spec", "ports"),
         ("spec", "publishNotReadyAddresses"),
     ),
+    "Secret": _OWNERSHIP,  # never `data`: see `ensure_secret`
     "PodDisruptionBudget": (
         *_OWNERSHIP,
         ("spec", "maxUnavailable"),
@@ -229,18 +235,35 @@ async def ensure(kube: Kube, desired: Mapping[str, Any]) -> Outcome:
     return "patched"
 
 
-async def ensure_created(kube: Kube, desired: Mapping[str, Any]) -> Outcome:
-    """Create `desired` unless an object of that name exists (then leave it alone)."""
+def secret_ops(current: Mapping[str, Any], desired: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Ops that bring a generated Secret's labels and owner references to `desired`,
+    never its data; none for a Secret someone else made under that name (it lacks the
+    managed-by label), which the operator uses but does not adopt."""
+    managed = ((current.get("metadata") or {}).get("labels") or {}).get(LABEL_MANAGED_BY)
+    if managed != MANAGED_BY:
+        return []
+    return drift_ops(current, desired, MANAGED_PATHS["Secret"])
+
+
+async def ensure_secret(kube: Kube, desired: Mapping[str, Any]) -> Outcome:
+    """Create the generated Secret unless one of that name exists; an existing one keeps
+    its data (a re-created cluster reuses the tokens of its retained volumes), and its
+    ownership follows `desired` (`secret_ops`)."""
     kind, namespace, name = _name_of(desired)
-    if await kube.get(kind, namespace, name) is not None:
+    current = await kube.get(kind, namespace, name)
+    if current is None:
+        try:
+            await kube.create(desired)
+        except KubeError as exc:
+            if exc.status == 409:  # created meanwhile: its ownership is checked next pass
+                return "unchanged"
+            raise
+        return "created"
+    ops = secret_ops(current, desired)
+    if not ops:
         return "unchanged"
-    try:
-        await kube.create(desired)
-    except KubeError as exc:
-        if exc.status == 409:
-            return "unchanged"
-        raise
-    return "created"
+    await kube.json_patch(kind, namespace, name, ops)
+    return "patched"
 
 
 async def ensure_statefulset(
@@ -298,6 +321,6 @@ async def ensure_owned(
         kind, _, object_name = _name_of(desired)
         outcomes[f"{kind}/{object_name}"] = await ensure(kube, desired)
     if spec.auth_secret_name is None:
-        secret = auth_secret(name, namespace, uid, tokens)
-        outcomes[f"Secret/{secret['metadata']['name']}"] = await ensure_created(kube, secret)
+        secret = auth_secret(name, namespace, uid, tokens, owned=auth_secret_owned(spec))
+        outcomes[f"Secret/{secret['metadata']['name']}"] = await ensure_secret(kube, secret)
     return outcomes

@@ -19,8 +19,10 @@ Three parts (DESIGN §7):
   pod name, seed = pod-0's address, config from the ConfigMap, tokens from the Secret the
   template names), marks it Ready once `/readyz` answers, restarts a pod whose object was
   deleted (OnDelete upgrades), and on scale-down deletes the pod, stops its process and
-  drops its data directory when the PVC retention says Delete. Every process is
-  stopped by PID at the end.
+  drops its data directory when the PVC retention says Delete (`whenScaled`; and
+  `whenDeleted` once the StatefulSet itself is gone). It also plays the garbage
+  collector (background propagation): an object all of whose owners are gone is
+  deleted. Every process is stopped by PID at the end.
 - `OperatorRunner`: `kopf.operator(standalone=True, stop_flag=...)` in a thread with its
   own event loop (when Kopf stops it cancels every task its loop gained since it
   started, which in the test's loop would be pytest's), logged in to the mock by an
@@ -443,6 +445,8 @@ class Kubelet:
     #: (monotonic time, event, pod): "stopped", "started", "ready"
     timeline: list[tuple[float, str, str]] = field(default_factory=list)
     max_unready: int = 0
+    #: StatefulSet name -> its PVC retention `whenDeleted`, as last seen
+    claims_when_deleted: dict[str, str] = field(default_factory=dict)
     _task: asyncio.Task[None] | None = None
     _failure: BaseException | None = None
 
@@ -504,11 +508,49 @@ class Kubelet:
     def object(self, resource: str, name: str) -> dict[str, Any] | None:
         return next((o for o in self.objects(resource) if o["metadata"]["name"] == name), None)
 
+    async def collect_garbage(self) -> None:
+        """Kubernetes' garbage collector with background propagation: delete every object
+        whose owner references all name objects that no longer exist (dependents of
+        dependents go on later passes, as in the real collector)."""
+        live = [
+            (res, ns, obj.raw)
+            for (res, ns, _name), obj in list(self.emulator.objects.items())
+            if not obj.deleted
+        ]
+        uids = {raw["metadata"].get("uid") for _res, _ns, raw in live}
+        for res, ns, raw in live:
+            owners = raw["metadata"].get("ownerReferences") or []
+            if ns != self.namespace or not owners:
+                continue
+            if all(owner["uid"] not in uids for owner in owners):
+                prefix = f"/apis/{res.group}/{res.version}" if res.group else "/api/v1"
+                name = raw["metadata"]["name"]
+                path = f"{prefix}/namespaces/{self.namespace}/{res.plural}/{name}"
+                async with self.api.delete(path) as resp:
+                    assert resp.status < 300 or resp.status == 404, await resp.text()
+
     # --- one pass ------------------------------------------------------------------------
     async def tick(self) -> None:
+        await self.collect_garbage()
         pods = {p["metadata"]["name"]: p for p in self.objects("v1/pods")}
-        for sts in self.objects("apps/v1/statefulsets"):
+        # a process whose pod object went away (or was replaced) stops, like a kubelet's
+        for pod, process in list(self.running.items()):
+            obj = pods.get(pod)
+            if obj is None or obj["metadata"]["uid"] != process.uid:
+                await self._stop(self.running.pop(pod))
+        statefulsets = self.objects("apps/v1/statefulsets")
+        for sts in statefulsets:
             await self._sync(sts, pods)
+        # a StatefulSet that is gone: its claims go too if its policy says so, once no pod
+        # of it runs (as the PVC protection finalizer waits for the pods)
+        current = {sts["metadata"]["name"] for sts in statefulsets}
+        for name in set(self.claims_when_deleted) - current:
+            if any(pod.rsplit("-", 1)[0] == name for pod in self.running):
+                continue
+            if self.claims_when_deleted.pop(name) == "Delete":
+                for data_dir in (self.root / "data").glob(f"{name}-*"):
+                    if data_dir.name.rsplit("-", 1)[1].isdigit():
+                        shutil.rmtree(data_dir, ignore_errors=True)
         unready = [p for p in pods if not self.running.get(p) or not self.running[p].ready]
         self.max_unready = max(self.max_unready, len(unready))
 
@@ -534,13 +576,9 @@ class Kubelet:
                     await self._stop(self.running.pop(pod))
                 if retention == "Delete":
                     shutil.rmtree(self.data_dir(pod), ignore_errors=True)
-        # a process whose pod object went away (or was replaced) stops, like a kubelet's
-        for pod, process in list(self.running.items()):
-            obj = pods.get(pod)
-            if pod.rsplit("-", 1)[0] == name and (
-                obj is None or obj["metadata"]["uid"] != process.uid
-            ):
-                await self._stop(self.running.pop(pod))
+        self.claims_when_deleted[name] = (
+            spec.get("persistentVolumeClaimRetentionPolicy") or {}
+        ).get("whenDeleted", "Retain")
         for ordinal in range(replicas):
             pod = pod_name(name, ordinal)
             obj = mine.get(pod)

@@ -33,7 +33,7 @@ from dynamo_operator.builders import (
     selector_string,
     statefulset,
 )
-from dynamo_operator.spec import ClusterSpec, parse_spec
+from dynamo_operator.spec import ClusterSpec, PvcRetention, parse_spec
 from tests.operator.crdcheck import EXAMPLES, load_yaml
 
 NAME = "demo"
@@ -574,6 +574,17 @@ def test_auth_secret() -> None:
     assert secret["type"] == "Opaque"
     decoded = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
     assert decoded == {"client-token": TOKENS[0], "cluster-token": TOKENS[1]}
+
+
+def test_auth_secret_is_owned_only_when_the_volumes_go_too() -> None:
+    retained = ClusterSpec()
+    assert retained.pvc_retention.when_deleted == "Retain"
+    assert not builders.auth_secret_owned(retained)
+    deleted = dataclasses.replace(retained, pvc_retention=PvcRetention(when_deleted="Delete"))
+    assert builders.auth_secret_owned(deleted)
+    assert auth_secret(NAME, NS, UID, TOKENS, owned=False)["metadata"]["ownerReferences"] == []
+    (ref,) = auth_secret(NAME, NS, UID, TOKENS, owned=True)["metadata"]["ownerReferences"]
+    assert ref["uid"] == UID and ref["controller"] is True
 
 
 @pytest.mark.parametrize("tokens", [("", "x"), ("x", ""), ("same", "same")])

@@ -3,9 +3,13 @@ StatefulSet should have is a real dynamo-node process (tests/operator/kmock_harn
 
 What each test proves:
 - the minimal example becomes an Available 3-node cluster with every owned object in
-  place and owned (StatefulSet, both Services, PDB, ConfigMap, generated Secret); it
-  carries no finalizer (an old one of Kopf's is dropped), so deleting it while the
-  operator is not running completes at once;
+  place and owned (StatefulSet, both Services, PDB, ConfigMap) and the generated Secret
+  kept with the retained volumes; it carries no finalizer (an old one of Kopf's is
+  dropped), so deleting it while the operator is not running completes at once, and
+  the garbage collector takes what it owned;
+- deleted and created again with retained volumes, a cluster comes back with its data,
+  its ring and its tokens; switched to `whenDeleted: Delete`, the Secret becomes owned
+  and goes with the next delete, and so do the volumes;
 - an invalid spec fails permanently (Failed phase, InvalidSpec event, nothing built)
   until the user fixes it;
 - a scale below replication.n is refused (Degraded/ScaleDownRefused, a warning event)
@@ -73,9 +77,11 @@ async def test_minimal_example_becomes_available(env: Env) -> None:
         ("v1/services", f"{NAME}-peers"),
         ("policy/v1/poddisruptionbudgets", NAME),
         ("v1/configmaps", f"{NAME}-config"),
-        ("v1/secrets", f"{NAME}-auth"),
     ]:
         assert owned(kubelet.object(resource, name), uid), (resource, name)
+    # the volumes are retained (whenDeleted: Retain by default), and so are the tokens
+    assert kubelet.object("v1/secrets", f"{NAME}-auth") is not None
+    assert not owned(kubelet.object("v1/secrets", f"{NAME}-auth"), uid)
 
     assert status["selector"] == "app.kubernetes.io/instance=demo,app.kubernetes.io/name=dynamokv"
     assert status["observedGeneration"] == created["metadata"]["generation"]
@@ -112,12 +118,77 @@ async def test_minimal_example_becomes_available(env: Env) -> None:
 
     await eventually(finalizer_dropped, 20, "the operator to drop Kopf's old finalizer")
 
-    # deleted while the operator is not running: nothing holds it in Terminating (owned
-    # objects then go by their owner references, which kmock does not garbage-collect)
+    # deleted while the operator is not running: nothing holds it in Terminating, and
+    # the garbage collector (the harness plays it) takes what it owned
     await env.operator.stop()
+    await delete_cluster(env)
+
+
+async def delete_cluster(env: Env) -> None:
+    """`kubectl delete dyc demo`; wait until its StatefulSet is gone and no node runs."""
     async with env.api.delete(f"{CLUSTERS}/{NAME}") as resp:
         assert resp.status < 300, await resp.text()
     assert await env.get(f"{CLUSTERS}/{NAME}") is None
+
+    async def collected() -> bool:
+        env.check()
+        return env.statefulset(NAME) is None and not env.kubelet.running
+
+    await eventually(collected, 30, "the StatefulSet and its pods to be collected")
+    owned_objects = [
+        ("v1/services", NAME),
+        ("v1/services", f"{NAME}-peers"),
+        ("policy/v1/poddisruptionbudgets", NAME),
+        ("v1/configmaps", f"{NAME}-config"),
+    ]
+    await eventually(
+        lambda: all(env.kubelet.object(*obj) is None for obj in owned_objects),
+        10,
+        "the owned objects to be collected",
+    )
+
+
+async def test_recreated_cluster_keeps_data_ring_and_tokens(env: Env) -> None:
+    await env.create(example())
+    await env.wait_stable(NAME, 3, timeout=60)
+    written = await env.put_keys(NAME, pods(1)[0], 50)
+    tokens = {key: env.secret_value(NAME, key) for key in ("client-token", "cluster-token")}
+    ring_before = (await env.admin(NAME, pods(1)[0], "ring"))["partitions"]
+
+    await delete_cluster(env)
+    # retained: the volumes (data directories) and the Secret, no longer owned by anyone
+    secret = env.kubelet.object("v1/secrets", f"{NAME}-auth")
+    assert secret is not None and not secret["metadata"]["ownerReferences"], secret
+    assert all((env.kubelet.root / "data" / pod).is_dir() for pod in pods(3))
+
+    created = await env.create(example())
+    status = await env.wait_stable(NAME, 3, timeout=90)
+    await env.assert_members_match_ring(NAME, status, pods(3))
+    assert {key: env.secret_value(NAME, key) for key in tokens} == tokens
+    # the nodes started on their own ring: nothing was re-founded, no partition moved
+    assert (await env.admin(NAME, pods(1)[0], "ring"))["partitions"] == ring_before
+    await env.assert_readable(NAME, f"{NAME}-2", written)
+
+    # whenDeleted: Delete — the kept Secret becomes owned, and goes with the volumes
+    uid = created["metadata"]["uid"]
+    await env.patch(f"{CLUSTERS}/{NAME}", {"spec": {"pvcRetention": {"whenDeleted": "Delete"}}})
+
+    def switched() -> bool:
+        sts = env.statefulset(NAME)
+        policy = (sts or {}).get("spec", {}).get("persistentVolumeClaimRetentionPolicy", {})
+        secret = env.kubelet.object("v1/secrets", f"{NAME}-auth")
+        return policy.get("whenDeleted") == "Delete" and owned(secret, uid)
+
+    await eventually(switched, 20, "the Secret owned and the StatefulSet's policy Delete")
+    await delete_cluster(env)
+    await eventually(
+        lambda: (
+            env.kubelet.object("v1/secrets", f"{NAME}-auth") is None
+            and not any((env.kubelet.root / "data" / pod).exists() for pod in pods(3))
+        ),
+        10,
+        "the Secret and the volumes to go",
+    )
 
 
 async def test_invalid_spec_fails_permanently(env: Env) -> None:

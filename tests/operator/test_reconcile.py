@@ -7,7 +7,7 @@ import copy
 import jsonpatch
 import pytest
 
-from dynamo_operator.builders import configmap, statefulset
+from dynamo_operator.builders import LABEL_MANAGED_BY, auth_secret, configmap, statefulset
 from dynamo_operator.errors import ImmutableFieldError
 from dynamo_operator.reconcile import (
     MANAGED_PATHS,
@@ -16,6 +16,7 @@ from dynamo_operator.reconcile import (
     drift_ops,
     pointer,
     scale_ops,
+    secret_ops,
     statefulset_ops,
     template_hash,
     with_template_hash,
@@ -47,6 +48,30 @@ def test_drift_is_patched_back() -> None:
     assert {op["path"] for op in ops} == {"/metadata/labels", "/data"}
     patched = jsonpatch.apply_patch(current, ops)
     assert drift_ops(patched, desired, MANAGED_PATHS["ConfigMap"]) == []
+
+
+TOKENS = ("client-secret", "cluster-secret")
+
+
+def test_a_kept_secret_is_owned_or_disowned_but_its_tokens_stay() -> None:
+    kept = auth_secret(NAME, NS, "old-uid", ("old-client", "old-cluster"), owned=False)
+    # created again with whenDeleted: Delete (new uid, freshly drawn tokens not used)
+    owned = auth_secret(NAME, NS, UID, TOKENS, owned=True)
+    ops = secret_ops(kept, owned)
+    assert {op["path"] for op in ops} == {"/metadata/ownerReferences"}
+    patched = jsonpatch.apply_patch(kept, ops)
+    assert patched["metadata"]["ownerReferences"][0]["uid"] == UID
+    assert patched["data"] == kept["data"]
+    # and back to Retain: the reference is removed, the data still never touched
+    ops = secret_ops(patched, auth_secret(NAME, NS, UID, TOKENS, owned=False))
+    assert jsonpatch.apply_patch(patched, ops)["metadata"]["ownerReferences"] == []
+    assert secret_ops(kept, auth_secret(NAME, NS, UID, TOKENS, owned=False)) == []
+
+
+def test_a_secret_someone_else_made_is_never_adopted() -> None:
+    theirs = auth_secret(NAME, NS, UID, TOKENS, owned=False)
+    del theirs["metadata"]["labels"][LABEL_MANAGED_BY]
+    assert secret_ops(theirs, auth_secret(NAME, NS, UID, TOKENS, owned=True)) == []
 
 
 def test_missing_parents_are_created() -> None:

@@ -440,6 +440,7 @@ def test_the_code_needs_what_the_design_says() -> None:
         ("policy", "poddisruptionbudgets", "patch"),
         ("", "secrets", "get"),
         ("", "secrets", "create"),
+        ("", "secrets", "patch"),
         ("", "pods", "list"),
         ("", "pods", "delete"),
         ("", "events", "create"),

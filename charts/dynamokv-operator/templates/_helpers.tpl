@@ -92,10 +92,11 @@ tests/packaging/test_rbac.py derives the same list from the code and compares.
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
   verbs: [get, create, patch]
-# The auth Secret: read for the admin token; created once when generated, never changed.
+# The auth Secret: read for the admin token; created once when generated, its data never
+# changed (patch: only its labels and owner reference, which follow pvcRetention.whenDeleted).
 - apiGroups: [""]
   resources: [secrets]
-  verbs: [get, create]
+  verbs: [get, create, patch]
 # Pods: listed to observe the nodes; deleted one at a time to roll an upgrade.
 - apiGroups: [""]
   resources: [pods]
