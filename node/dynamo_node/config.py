@@ -8,6 +8,7 @@ whether a combination is acceptable; `main` and tests build configs through it.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -21,6 +22,7 @@ DEFAULT_R = 2
 DEFAULT_W = 2
 KIB = 1024
 MIB = 1024 * KIB
+_CLUSTER_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +40,10 @@ class NodeConfig:
     #: stable node id; "" means: the one saved in the data dir, else HOST:PORT
     node_id: str = ""
     seeds: tuple[str, ...] = ()
+    #: the cluster this node belongs to ("" = not known yet). A node given one never
+    #: founds a cluster: with an empty data directory it waits to learn the ring by
+    #: gossip; it refuses saved state and gossip of any other cluster.
+    cluster_id: str = ""
 
     partitions: int = DEFAULT_PARTITIONS
     n: int = DEFAULT_N
@@ -141,6 +147,10 @@ class NodeConfig:
             raise InvalidRequest("TLS needs a CA file to verify peers (tls_ca_file)")
         if self.request_timeout_ms < 1:
             raise InvalidRequest("request_timeout_ms must be >= 1")
+        if self.cluster_id and not _CLUSTER_ID.fullmatch(self.cluster_id):
+            raise InvalidRequest(
+                f"cluster id must be 1-64 letters, digits, '.', '_' or '-', got {self.cluster_id!r}"
+            )
         if self.row_cache_bytes is not None and self.row_cache_bytes < 0:
             raise InvalidRequest("row_cache_bytes must be >= 0")
 

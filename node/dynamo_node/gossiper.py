@@ -4,7 +4,8 @@ Each round (`NodeConfig.gossip_interval_s`, jittered) this node advances its hea
 and exchanges cluster state and heartbeats with one random live peer (push-pull, see
 `gossip`); one peer believed down is probed on the side so that a dead peer never slows
 the rounds. While the node knows no cluster (or only itself) it introduces itself to
-its seeds by address. `absorb` decides what to do with a state heard from anyone.
+its seeds by address. `absorb` decides what to do with a state heard from anyone: it
+merges states of its own cluster only, and refuses (counts, logs) any other.
 """
 
 from __future__ import annotations
@@ -65,20 +66,36 @@ class Gossiper:
             log.warning("ignored malformed gossip: %s", exc)
             return
         mine = node.state
+        expected = mine.cluster if mine is not None else node.config.cluster_id
+        if expected and theirs.cluster != expected:
+            if mine is not None and self._may_adopt(mine, theirs):
+                log.info("adopting cluster %s, which this node was joined into", theirs.cluster)
+                node.set_state(theirs)
+            else:
+                node.refuse_foreign(theirs.cluster)
+            return
         if mine is None:
             if node.node_id in theirs.members:
-                node.set_state(theirs)
-            return
-        if theirs.cluster != mine.cluster:
-            # a lone node adopts the cluster that lists it (it was joined into it)
-            alone = set(mine.ring.nodes()) == {node.node_id}
-            if alone and node.node_id in theirs.members and len(theirs.members) > 1:
-                log.info("adopting cluster %s, which this node was joined into", theirs.cluster)
                 node.set_state(theirs)
             return
         merged = mine.merge(theirs)
         if merged != mine:
             node.set_state(merged)
+
+    def _may_adopt(self, mine: ClusterState, theirs: ClusterState) -> bool:
+        """A node started on its own (no seed, no cluster id) founded a cluster of one;
+        when `join` adds it to another cluster it adopts that one, but only while
+        nothing can be lost by it: it was never told its cluster, it is alone in its
+        ring, the other cluster lists it, and it holds no object and no hint (it never
+        accepted a write). Anything else is another cluster's gossip, refused."""
+        node = self.node
+        return (
+            not node.config.cluster_id
+            and set(mine.ring_nodes()) == {node.node_id}
+            and node.node_id in theirs.members
+            and len(theirs.members) > 1
+            and not node.holds_data()
+        )
 
     # --- rounds ------------------------------------------------------------------------
     def peers(self) -> list[str]:

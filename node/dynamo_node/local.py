@@ -5,8 +5,10 @@ its own RocksDB directory DIR/node{i}; logs go to DIR/node{i}.log. Node 0 founds
 cluster, the others start with `--seed` node 0; nodes not yet in the ring are joined
 with the staged admin API (join ... commit), exactly as an operator would. Re-running
 on the same DIR restarts the same cluster with its data (the ring is saved in each
-node's RocksDB). Ctrl-C or SIGTERM stops every node (SIGTERM, then SIGKILL after a
-grace period).
+node's RocksDB). Once formed, the cluster's id is recorded in DIR/cluster-id and given
+to every node on later starts (`--cluster-id`), so a node whose directory was lost,
+node 0 included, rejoins this cluster by gossip instead of founding a new one. Ctrl-C
+or SIGTERM stops every node (SIGTERM, then SIGKILL after a grace period).
 """
 
 from __future__ import annotations
@@ -78,8 +80,26 @@ class LocalCluster:
     def address(self, i: int) -> str:
         return f"127.0.0.1:{self.base + i}"
 
+    @property
+    def id_file(self) -> Path:
+        return self.dir / "cluster-id"
+
+    def recorded_id(self) -> str | None:
+        try:
+            return self.id_file.read_text(encoding="utf-8").strip() or None
+        except FileNotFoundError:
+            return None
+
+    def record_id(self) -> None:
+        """Keep the formed cluster's id for the next start (never overwrite it)."""
+        cluster = _call(self.address(0), "GET", "/v1/admin/status")["cluster"]
+        if cluster and self.recorded_id() is None:
+            self.id_file.write_text(f"{cluster}\n", encoding="utf-8")
+
     def start(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
+        cluster = self.recorded_id()
+        identity = ["--cluster-id", cluster] if cluster else []
         for i in range(self.count):
             args = [
                 sys.executable,
@@ -91,6 +111,7 @@ class LocalCluster:
                 str(self.base + i),
                 "--node-id",
                 f"node{i}",
+                *identity,
                 *self.node_args,
             ]
             if i > 0:
@@ -111,6 +132,13 @@ class LocalCluster:
 
     def form_ring(self) -> None:
         first = self.address(0)
+        cluster = self.recorded_id()
+        if cluster is not None:
+            # node 0 may have lost its directory: it then learns the ring from the others
+            _wait(
+                f"node0 to learn the ring of cluster {cluster}",
+                lambda: _call(first, "GET", "/v1/admin/status")["cluster"] == cluster,
+            )
         status = _call(first, "GET", "/v1/admin/status")
         in_ring = {m["node"] for m in status["members"] if m["partitions"] > 0}
         missing = [i for i in range(self.count) if f"node{i}" not in in_ring]
@@ -188,6 +216,7 @@ def run_local(args: argparse.Namespace) -> int:
         cluster.start()
         cluster.form_ring()
         cluster.wait_settled()
+        cluster.record_id()
         print(f"dynamokv: {cluster.count}-node cluster running (data in {cluster.dir})")
         for i in range(cluster.count):
             print(f"  node{i}  http://{cluster.address(i)}  pid {cluster.procs[i].pid}")

@@ -51,6 +51,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="HOST:PORT",
         help="a node of the cluster to join by gossip (repeatable)",
     )
+    p.add_argument(
+        "--cluster-id",
+        default=os.environ.get("DYNAMO_CLUSTER_ID", ""),
+        help="the cluster this node belongs to (env DYNAMO_CLUSTER_ID): with it a node "
+        "never founds a new cluster, and refuses state and gossip of any other",
+    )
     p.add_argument("--config", help="JSON file of settings (NodeConfig field names)")
     p.add_argument("--partitions", type=int, help="Q for a new cluster (power of two)")
     p.add_argument("--n", type=int, help="replicas per key")
@@ -141,7 +147,9 @@ def build_config(args: argparse.Namespace) -> NodeConfig:
         if unknown:
             raise DynamoError(f"{args.config}: unknown settings {sorted(unknown)}")
         settings.update(loaded)
-    explicit = {"data_dir", "port", "host", "peer_port", "advertise", "node_id", "seeds"}
+    explicit = {
+        "data_dir", "port", "host", "peer_port", "advertise", "node_id", "seeds", "cluster_id",
+    }  # fmt: skip
     for name in sorted({f.name for f in fields(NodeConfig)} - explicit):
         if not hasattr(args, name):
             continue
@@ -164,6 +172,7 @@ def build_config(args: argparse.Namespace) -> NodeConfig:
         advertise=args.advertise,
         node_id=args.node_id,
         seeds=tuple(args.seed) or tuple(settings.get("seeds", ())),
+        cluster_id=args.cluster_id.strip() or str(settings.get("cluster_id", "")),
     )
     return NodeConfig(**settings)
 
@@ -279,6 +288,7 @@ def install_metrics(node: Node, metrics: Metrics) -> None:
             "row_cache_hits_total": getattr(node.storage, "row_hits", 0),
             "row_cache_misses_total": getattr(node.storage, "row_misses", 0),
             "clock_prune_suspects_total": node.replica.stats.prune_suspects,
+            "gossip_foreign_refused_total": node.foreign_gossip,
             **extra,
         }
 

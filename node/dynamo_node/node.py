@@ -76,11 +76,22 @@ class Node:
         # a seed that is this very node (pod-0 of a StatefulSet is everybody's seed)
         self.seeds = [seed for seed in config.seeds if seed != self.member.address]
         self.commit_log = GroupCommit(storage, config.durability, config.fsync_interval_s)
+        #: the data directory was new at this start (no incarnation saved in it)
+        self.fresh = storage.get(Family.META, META_INCARNATION) is None
         self.actor = f"{self.node_id}.{self._load_incarnation()}"
         self.replica = Replica(storage, self.commit_log, self.actor, config)
         self.hints = HintStore(storage, self.commit_log, lww=config.lww)
         self.detector = FailureDetector(self.node_id, config.failure_timeout_s)
         self.state: ClusterState | None = self._load_state()
+        if config.cluster_id and self.state is not None and self.state.cluster != config.cluster_id:
+            raise InvalidRequest(
+                f"data dir {config.data_dir} belongs to cluster {self.state.cluster!r}, not "
+                f"{config.cluster_id!r} (--cluster-id): refusing to start rather than mix "
+                "two clusters' data"
+            )
+        #: gossip refused because it came from another cluster: count, last cluster id
+        self.foreign_gossip = 0
+        self.foreign_cluster: str | None = None
         #: per partition (preference list, fallbacks in walk order, gaining), for self.state
         self._placements: dict[int, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {}
         self.started_at = time.time()
@@ -178,7 +189,7 @@ class Node:
     async def start(self) -> None:
         self.storage.group_writes(asyncio.get_running_loop().call_soon)
         self.commit_log.start()
-        if self.state is None and not self.seeds:
+        if self.state is None and not self.seeds and not self.config.cluster_id:
             cluster = uuid.uuid4().hex[:12]
             self.set_state(
                 ClusterState.founding(cluster, self.member, self.config.partitions, self.config.n)
@@ -188,6 +199,11 @@ class Node:
             self.set_state(self.state.with_member(self.member))
         elif self.state is not None:
             self.set_state(self.state)
+        if self.state is None:
+            log.info(
+                "waiting to learn the ring of cluster %s by gossip",
+                self.config.cluster_id or "(any that lists this node)",
+            )
         if self.state is not None:
             # optimistic start: known members count as up until they fail to answer or
             # their heartbeat stalls for failure_timeout_s
@@ -224,6 +240,31 @@ class Node:
         await self.transport.close()
         await self.commit_log.stop()
         self.storage.close()
+
+    def holds_data(self) -> bool:
+        """Whether this node stores any object or hint, or has a write in flight."""
+        if self.hints.pending > 0 or self.storage.has_pending():
+            return True
+        scan = self.storage.iter_range(Family.OBJECTS)
+        try:
+            return next(scan, None) is not None
+        finally:
+            close = getattr(scan, "close", None)
+            if close is not None:
+                close()
+
+    def refuse_foreign(self, cluster: str) -> None:
+        """Count (and log, once per cluster id) gossip from another cluster."""
+        self.foreign_gossip += 1
+        if cluster != self.foreign_cluster:
+            mine = self.state.cluster if self.state else self.config.cluster_id
+            log.warning(
+                "refused gossip from cluster %s: this node belongs to cluster %s "
+                "(a node of another cluster has this node's address, or a seed is wrong)",
+                cluster,
+                mine,
+            )
+        self.foreign_cluster = cluster
 
     # --- the view the coordinator uses -------------------------------------------------------
     def require_state(self) -> ClusterState:
@@ -505,6 +546,7 @@ class Node:
             "address": self.member.address,
             "peer_address": self.member.peer,
             "cluster": state.cluster if state else None,
+            "foreign_cluster": self.foreign_cluster,
             "state": self.member_state(me) if me else "joining",
             "ring_version": state.version if state else 0,
             "members": members,

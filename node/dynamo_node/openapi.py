@@ -340,6 +340,18 @@ def openapi_document(n: int = 3) -> dict[str, Any]:
                             },
                         },
                         "last_anti_entropy": {"type": "string", "nullable": True},
+                        "cluster": {
+                            "type": "string",
+                            "nullable": True,
+                            "description": "the id of this node's cluster; null until it "
+                            "knows a ring",
+                        },
+                        "foreign_cluster": {
+                            "type": "string",
+                            "nullable": True,
+                            "description": "the last other cluster whose gossip this node "
+                            "refused (a wrong seed, a reused address), else null",
+                        },
                     },
                 },
                 "Ring": {

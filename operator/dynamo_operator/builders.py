@@ -63,6 +63,9 @@ CLIENT_TOKEN_ENV = "DYNAMO_CLIENT_TOKEN"
 CLUSTER_TOKEN_ENV = "DYNAMO_CLUSTER_TOKEN"
 #: the node sizes its caches from this (bytes), filled by the downward API
 MEMORY_LIMIT_ENV = "DYNAMO_MEMORY_LIMIT_BYTES"
+#: the cluster id, from the identity ConfigMap (absent until the first formation)
+CLUSTER_ID_ENV = "DYNAMO_CLUSTER_ID"
+CLUSTER_ID_KEY = "cluster-id"
 #: the node container's resources when `spec.resources` is unset: a request so the pods
 #: are not BestEffort (first evicted, scheduled anywhere), a memory limit equal to the
 #: request so the node knows what it may use (its row cache takes 1/8 of it), and no CPU
@@ -108,6 +111,10 @@ def headless_service_name(name: str) -> str:
 
 def pdb_name(name: str) -> str:
     return name
+
+
+def identity_configmap_name(name: str) -> str:
+    return f"{name}-identity"
 
 
 def configmap_name(name: str) -> str:
@@ -228,6 +235,18 @@ def configmap(name: str, namespace: str, uid: str, spec: ClusterSpec) -> dict[st
         "kind": "ConfigMap",
         "metadata": _metadata(configmap_name(name), name, namespace, uid),
         "data": {CONFIG_FILE: node_config_json(spec)},
+    }
+
+
+def identity_configmap(name: str, namespace: str, uid: str, cluster_id: str) -> dict[str, Any]:
+    """The cluster id (`status.clusterId`) for the pods, which read it through an
+    optional `configMapKeyRef` (`DYNAMO_CLUSTER_ID`): a pod started before the id was
+    recorded has none and may found the ring; any pod started after never does."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(identity_configmap_name(name), name, namespace, uid),
+        "data": {CLUSTER_ID_KEY: cluster_id},
     }
 
 
@@ -439,6 +458,7 @@ def _container(name: str, namespace: str, spec: ClusterSpec) -> dict[str, Any]:
             _field_env("NAMESPACE", "metadata.namespace"),
             _secret_env(CLIENT_TOKEN_ENV, secret, CLIENT_TOKEN_KEY),
             _secret_env(CLUSTER_TOKEN_ENV, secret, CLUSTER_TOKEN_KEY),
+            _configmap_env(CLUSTER_ID_ENV, identity_configmap_name(name), CLUSTER_ID_KEY),
         ],
         "volumeMounts": [
             {"name": DATA_VOLUME, "mountPath": DATA_DIR},
@@ -519,6 +539,12 @@ def _args(name: str, namespace: str, *, tls: bool = False) -> list[str]:
 
 def _field_env(env: str, field_path: str) -> dict[str, Any]:
     return {"name": env, "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": field_path}}}
+
+
+def _configmap_env(env: str, configmap: str, key: str) -> dict[str, Any]:
+    """Optional: the pod starts without it (the ConfigMap does not exist yet)."""
+    ref = {"name": configmap, "key": key, "optional": True}
+    return {"name": env, "valueFrom": {"configMapKeyRef": ref}}
 
 
 def _secret_env(env: str, secret: str, key: str) -> dict[str, Any]:

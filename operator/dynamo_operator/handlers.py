@@ -42,6 +42,7 @@ from .builders import (
     CLUSTER_TOKEN_KEY,
     auth_secret_name,
     configmap_name,
+    identity_configmap_name,
     selector,
 )
 from .config import SCANNING_ENV, OperatorConfig
@@ -54,7 +55,13 @@ from .observed import (
     PodView,
     StatefulSetView,
 )
-from .reconcile import applied_spec, ensure_owned, ensure_statefulset, scale_statefulset
+from .reconcile import (
+    applied_spec,
+    ensure_identity,
+    ensure_owned,
+    ensure_statefulset,
+    scale_statefulset,
+)
 from .scaling import (
     next_step,
     parse_request,
@@ -99,6 +106,7 @@ EVENT_ANTI_ENTROPY_UNAVAILABLE = "AntiEntropyUnavailable"
 EVENT_SCALE_COMPLETE = "ScaleComplete"
 EVENT_POD_RESTARTED = "PodRestarted"
 EVENT_ACTION_FAILED = "ActionFailed"
+EVENT_FOREIGN_CLUSTER = "ForeignCluster"
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +224,11 @@ async def reconcile(
         outcomes[f"StatefulSet/{name}"] = await ensure_statefulset(
             svc.kube, name, namespace, uid, cluster_spec, initial_replicas=requested
         )
+        recorded = status.get("clusterId")
+        if isinstance(recorded, str) and recorded:
+            outcomes[f"ConfigMap/{identity_configmap_name(name)}"] = await ensure_identity(
+                svc.kube, name, namespace, uid, recorded
+            )
     except KubeError as exc:
         raise kopf.TemporaryError(str(exc), delay=svc.config.retry_delay_s) from None
     created = sorted(key for key, outcome in outcomes.items() if outcome == "created")
@@ -336,9 +349,35 @@ async def observe(
         anti_entropy_at=anti_entropy_at,
     )
     try:
+        if new["clusterId"] is not None and new["clusterId"] != status.get("clusterId"):
+            # the first formation: from now on every pod that starts knows its cluster
+            await ensure_identity(svc.kube, name, namespace, uid, new["clusterId"])
+            log.info("%s/%s: cluster id %s recorded", namespace, name, new["clusterId"])
         await _patch_status(svc, namespace, name, status, new)
     except KubeError as exc:
         raise kopf.TemporaryError(str(exc), delay=svc.config.interval_s) from None
+    _foreign_warnings(body, observed)
+
+
+def _foreign_warnings(body: kopf.Body, observed: Observed) -> None:
+    """A node refusing another cluster's gossip: say so once per node and cluster."""
+    for view in observed.nodes.values():
+        if view.foreign_cluster is None:
+            continue
+        key = (view.name, view.foreign_cluster)
+        if key in _FOREIGN_REPORTED:
+            continue
+        _FOREIGN_REPORTED.add(key)
+        kopf.warn(
+            body,
+            reason=EVENT_FOREIGN_CLUSTER,
+            message=f"{view.name} refuses gossip from another cluster ({view.foreign_cluster}): "
+            "a node of another cluster reaches it (a wrong seed, a reused address)",
+        )
+
+
+#: (node, foreign cluster) pairs already reported, per operator process
+_FOREIGN_REPORTED: set[tuple[str, str]] = set()
 
 
 async def _patch_status(

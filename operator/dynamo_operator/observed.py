@@ -47,6 +47,10 @@ def _mapping(value: object) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
 
 
+def _str_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
 def _int(value: object, default: int = 0) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         return default
@@ -143,6 +147,10 @@ class NodeView:
     hints_pending: int
     members: tuple[MemberView, ...]
     last_anti_entropy: str | None
+    #: the cluster id of its ring (None until it learned one) and, if it refused gossip
+    #: of another cluster, that cluster's id
+    cluster: str | None = None
+    foreign_cluster: str | None = None
 
     def member(self, name: str) -> MemberView | None:
         return next((m for m in self.members if m.name == name), None)
@@ -181,6 +189,8 @@ class NodeView:
             hints_pending=_int(raw.get("hints_pending")),
             members=tuple(members),
             last_anti_entropy=str(last) if last else None,
+            cluster=_str_or_none(raw.get("cluster")),
+            foreign_cluster=_str_or_none(raw.get("foreign_cluster")),
         )
 
 

@@ -35,6 +35,7 @@ from .builders import (
     client_service,
     configmap,
     headless_service,
+    identity_configmap,
     pdb,
     statefulset,
 )
@@ -298,6 +299,13 @@ async def scale_statefulset(
     """Set the StatefulSet's replicas (and the PVC retention that goes with them)."""
     built = statefulset(name, namespace, uid, spec, replicas=replicas)
     await kube.json_patch("StatefulSet", namespace, name, scale_ops(built))
+
+
+async def ensure_identity(
+    kube: Kube, name: str, namespace: str, uid: str, cluster_id: str
+) -> Outcome:
+    """The identity ConfigMap, once `status.clusterId` is known."""
+    return await ensure(kube, identity_configmap(name, namespace, uid, cluster_id))
 
 
 async def ensure_owned(

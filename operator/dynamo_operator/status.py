@@ -150,6 +150,7 @@ def compute_status(
         "replicas": sts.current_replicas if sts is not None else 0,
         "readyReplicas": sts.ready_replicas if sts is not None else 0,
         "selector": selector_string(observed.name),
+        "clusterId": cluster_id(observed, previous),
         "ringVersion": ring.coordinator.ring_version if ring.coordinator is not None else None,
         "members": members,
         "conditions": [
@@ -167,6 +168,16 @@ def compute_status(
         "observedGeneration": generation,
         "operation": step.operation.to_dict() if step.operation is not None else None,
     }
+
+
+def cluster_id(observed: Observed, previous: Mapping[str, Any] | None) -> str | None:
+    """`status.clusterId`: once recorded, kept for good; before that, the id every node
+    that knows a ring reports, once they agree on one (the first formation)."""
+    recorded = (previous or {}).get("clusterId")
+    if isinstance(recorded, str) and recorded:
+        return recorded
+    reported = {v.cluster for v in observed.nodes.values() if v.cluster is not None}
+    return reported.pop() if len(reported) == 1 else None
 
 
 def failed_status(

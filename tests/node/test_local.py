@@ -4,10 +4,13 @@ it; re-running on the same data dir restarts the same cluster with its data."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -101,8 +104,6 @@ def test_local_cluster_runs_stops_and_restarts_with_its_data(tmp_path: Path) -> 
         assert any("dynamoctl --node" in line for line in lines)
         status, _, body = http("GET", f"http://127.0.0.1:{base}/v1/admin/status")
         assert status == 200
-        import json
-
         members = json.loads(body)["members"]
         assert sorted(m["node"] for m in members) == ["node0", "node1", "node2"]
         assert all(m["partitions"] > 0 for m in members)
@@ -125,15 +126,35 @@ def test_local_cluster_runs_stops_and_restarts_with_its_data(tmp_path: Path) -> 
             proc.wait()
         _reap(pids)
     # the same command on the same data dir: same cluster, same data
-    proc = _start(base, data)
-    pids = []
-    try:
-        pids = _pids(_wait_running(proc))
+    with _running(base, data) as proc:
         for i in range(20):
             status, _, body = http("GET", f"http://127.0.0.1:{base + (i + 1) % 3}/v1/kv/key{i}?r=3")
             assert (status, body) == (200, f"v{i}".encode())
         proc.send_signal(signal.SIGINT)  # Ctrl-C
         assert proc.wait(60) == 0
+    # node 0's directory is lost: it must rejoin the recorded cluster, not found one
+    cluster = (data / "cluster-id").read_text().strip()
+    assert cluster
+    shutil.rmtree(data / "node0")
+    with _running(base, data) as proc:
+        for i in range(3):
+            status, _, body = http("GET", f"http://127.0.0.1:{base + i}/v1/admin/status")
+            assert json.loads(body)["cluster"] == cluster
+        for i in range(20):
+            status, _, body = http("GET", f"http://127.0.0.1:{base + i % 3}/v1/kv/key{i}?r=3")
+            assert (status, body) == (200, f"v{i}".encode())
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+
+
+@contextlib.contextmanager
+def _running(base: int, data: Path) -> Iterator[subprocess.Popen[str]]:
+    """`dynamoctl local` started and running; killed with its nodes if still alive."""
+    proc = _start(base, data)
+    pids: list[int] = []
+    try:
+        pids = _pids(_wait_running(proc))
+        yield proc
     finally:
         if proc.poll() is None:
             proc.kill()

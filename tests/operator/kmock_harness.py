@@ -700,6 +700,13 @@ class Kubelet:
                 secret = self.object("v1/secrets", ref["name"])
                 assert secret is not None, f"secret {ref['name']} missing for {pod}"
                 env[var["name"]] = base64.b64decode(secret["data"][ref["key"]]).decode()
+            config_ref = (var.get("valueFrom") or {}).get("configMapKeyRef")
+            if config_ref:
+                source = self.object("v1/configmaps", config_ref["name"])
+                value = ((source or {}).get("data") or {}).get(config_ref["key"])
+                assert value is not None or config_ref.get("optional"), (pod, config_ref)
+                if value is not None:
+                    env[var["name"]] = value
             resource = (var.get("valueFrom") or {}).get("resourceFieldRef")
             if resource:
                 env[var["name"]] = _resource_field(container, resource)

@@ -252,6 +252,18 @@ def test_environment() -> None:
     }
     production = {e["name"]: e["valueFrom"] for e in _container(PRODUCTION)["env"]}
     assert production["DYNAMO_CLUSTER_TOKEN"]["secretKeyRef"]["name"] == "sessions-auth"
+    # the cluster id: optional, the ConfigMap exists only after the first formation
+    assert env["DYNAMO_CLUSTER_ID"] == {
+        "configMapKeyRef": {"name": "demo-identity", "key": "cluster-id", "optional": True}
+    }
+
+
+def test_identity_configmap() -> None:
+    built = builders.identity_configmap(NAME, NS, UID, "abc123")
+    assert built["metadata"]["name"] == "demo-identity"
+    assert built["data"] == {"cluster-id": "abc123"}
+    (ref,) = built["metadata"]["ownerReferences"]
+    assert ref["uid"] == UID
 
 
 def test_ports_and_probes() -> None:

@@ -26,6 +26,7 @@ What each test proves:
 
 from __future__ import annotations
 
+import shutil
 from typing import Any
 
 import pytest
@@ -107,6 +108,35 @@ async def test_minimal_example_becomes_available(env: Env) -> None:
         if line.startswith("dynamo_row_cache_limit_bytes ")
     ]
     assert limits == [2**30 // 8], limits
+
+    # the cluster id is recorded once, and every pod started from now on gets it
+    node_status = await env.admin(NAME, pods(1)[0], "status")
+    await env.wait_status(NAME, 20, "the cluster id recorded", clusterId=node_status["cluster"])
+    identity = kubelet.object("v1/configmaps", f"{NAME}-identity")
+    assert identity is not None and owned(identity, uid)
+    assert identity["data"] == {"cluster-id": node_status["cluster"]}
+    # so demo-0, everybody's seed, coming back with an empty volume rejoins this
+    # cluster instead of founding one of its own
+    written = await env.put_keys(NAME, pods(2)[1], 30)
+    await kubelet._stop(kubelet.running.pop(pods(1)[0]))
+    shutil.rmtree(kubelet.data_dir(pods(1)[0]))
+    assert not kubelet.data_dir(pods(1)[0]).exists()
+
+    async def rejoined() -> bool:
+        try:
+            view = await env.admin(NAME, pods(1)[0], "status")
+        except (AssertionError, OSError):
+            return False
+        assert view["cluster"] in (None, node_status["cluster"]), view["cluster"]
+        return bool(view["cluster"] == node_status["cluster"])
+
+    await eventually(rejoined, 30, "demo-0 to rejoin its cluster", interval=0.1)
+    await env.wait_stable(NAME, 3, timeout=60)
+    code, _ = await env.node(
+        pods(1)[0], "POST", "/v1/admin/anti-entropy", env.secret_value(NAME, "cluster-token")
+    )
+    assert code in (200, 202), code
+    await env.assert_readable(NAME, pods(1)[0], written)
 
     # no finalizer: the operator has no deletion work. A cluster made by the previous
     # release carries Kopf's (it came with the timer): the operator drops it.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from dynamo_operator.observed import Observed
 from dynamo_operator.scaling import (
     next_step,
 )
@@ -27,6 +28,7 @@ from dynamo_operator.status import (
     REASON_QUORUM_AVAILABLE,
     REASON_SCALE_DOWN_REFUSED,
     REASON_TOO_FEW_NODES,
+    cluster_id,
     compute_status,
     condition,
     failed_status,
@@ -38,9 +40,9 @@ T0, T1 = "2026-01-01T00:00:00Z", "2026-01-01T00:01:00Z"
 
 
 def status_of(
-    world: World, previous: dict[str, Any] | None = None, now: str = T0, **kw: Any
+    world: World | Observed, previous: dict[str, Any] | None = None, now: str = T0, **kw: Any
 ) -> dict[str, Any]:
-    observed = world.observed()
+    observed = world.observed() if isinstance(world, World) else world
     return compute_status(
         observed=observed,
         step=next_step(observed),
@@ -217,3 +219,27 @@ def test_failed_status_keeps_available_and_marks_degraded() -> None:
     assert (degraded["status"], degraded["reason"]) == ("True", REASON_INVALID_SPEC)
     assert cond(failed, AVAILABLE)["lastTransitionTime"] == T0
     assert [c["type"] for c in failed["conditions"]].count(DEGRADED) == 1
+
+
+def _reporting(world: World, clusters: dict[str, str | None]) -> Observed:
+    observed = world.observed()
+    nodes = {
+        name: dataclasses.replace(view, cluster=clusters.get(name))
+        for name, view in observed.nodes.items()
+    }
+    return dataclasses.replace(observed, nodes=nodes)
+
+
+def test_cluster_id_is_recorded_once_the_nodes_agree_and_then_kept() -> None:
+    world = World.running(3)
+    assert cluster_id(_reporting(world, {}), None) is None
+    # a node that has not learned the ring yet (None) does not count
+    agreeing = _reporting(world, {pod(0): "c1", pod(1): "c1", pod(2): None})
+    assert cluster_id(agreeing, None) == "c1"
+    # two ids (a node that founded a cluster of its own): nothing is recorded
+    split = _reporting(world, {pod(0): "c1", pod(1): "c2"})
+    assert cluster_id(split, None) is None
+    # once recorded, what the nodes say never replaces it
+    assert cluster_id(split, {"clusterId": "c1"}) == "c1"
+    assert cluster_id(_reporting(world, {pod(0): "c9"}), {"clusterId": "c1"}) == "c1"
+    assert status_of(agreeing)["clusterId"] == "c1"

@@ -1,0 +1,169 @@
+"""Cluster identity with real processes: a node told its cluster never founds another,
+a wiped node 0 rejoins its cluster instead of forking it, and gossip or saved state of
+another cluster is refused (node.py, gossiper.py)."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+
+from tests.harness import Cluster, NodeProc, wait_for
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
+
+
+class Writers:
+    """New keys written through every node in turn (W=2) from a few threads, while a
+    failure happens; records what was acknowledged."""
+
+    def __init__(self, c: Cluster, nodes: list[NodeProc], prefix: str, threads: int = 3) -> None:
+        self.c, self.nodes, self.prefix = c, nodes, prefix
+        self.acked: list[str] = []
+        self.failed = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(t,)) for t in range(threads)]
+
+    def _run(self, t: int) -> None:
+        i = 0
+        while not self._stop.is_set():
+            key = f"{self.prefix}{t}-{i}"
+            node = self.nodes[i % len(self.nodes)]
+            try:
+                status = self.c.put(node, key, key.encode(), query="?timeout_ms=2000")[0]
+            except OSError:  # the node is down: not acknowledged
+                status = 0
+            with self._lock:
+                if status == 204:
+                    self.acked.append(key)
+                else:
+                    self.failed += 1
+            i += 1
+
+    def __enter__(self) -> Writers:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(20)
+
+
+def unreadable(c: Cluster, node: NodeProc, keys: list[str], r: str = "all") -> list[str]:
+    return [
+        key
+        for key in keys
+        if (reply := c.get(node, key, f"?r={r}"))[0] != 200 or reply[2] != key.encode()
+    ]
+
+
+def cluster_ids(c: Cluster, nodes: list[NodeProc]) -> set[str | None]:
+    return {c.status(n)["cluster"] for n in nodes if n.alive()}
+
+
+def wipe(node: NodeProc) -> None:
+    shutil.rmtree(node.data_dir)
+
+
+def with_cluster_id(node: NodeProc, cluster: str) -> None:
+    node.args += ["--cluster-id", cluster]
+
+
+def test_a_node_told_its_cluster_never_founds_one(procs: Cluster) -> None:
+    node = procs.add_node("--cluster-id", "c0ffee")
+    assert procs.request(node, "GET", "/readyz")[0] == 503
+    status = procs.status(node)
+    assert status["cluster"] is None and status["members"] == []
+    code, _, body = procs.put(node, "k", b"v", query="?w=1")
+    assert code == 503, body
+    assert "has not joined a cluster" in body.decode()
+
+
+def test_wiped_node0_rejoins_its_cluster_and_loses_no_acknowledged_write(
+    procs: Cluster,
+) -> None:
+    nodes = procs.form(3)
+    n0 = nodes[0]
+    (cluster,) = cluster_ids(procs, nodes)
+    assert cluster
+    before = [f"before-{i}" for i in range(300)]
+    for key in before:
+        assert procs.put(nodes[1], key, key.encode(), query="?w=all")[0] == 204
+    # node 0, the founder and everybody's seed, loses its volume and comes back with the
+    # cluster id the operator (or `dynamoctl local`) gives it
+    with Writers(procs, nodes, "during-") as writers:
+        procs.kill(n0)
+        wipe(n0)
+        with_cluster_id(n0, cluster)
+        procs.start(n0)
+        seen: set[str | None] = set()
+
+        def rejoined() -> bool:
+            seen.update(cluster_ids(procs, nodes))
+            return procs.request(n0, "GET", "/readyz")[0] == 200
+
+        wait_for(rejoined, 30, interval=0.1, what="node 0 to learn its cluster's ring")
+        wait_for(lambda: len(writers.acked) > 200, 30, what="writes acknowledged meanwhile")
+    assert seen == {cluster, None}, seen  # None: node 0 before it learned the ring
+    assert cluster_ids(procs, nodes) == {cluster}
+    procs.wait_converged(nodes)
+    assert procs.status(n0)["foreign_cluster"] is None
+    # node 0 is a member again, with the partitions it had; anti-entropy refills it
+    job = procs.anti_entropy(n0)
+    assert job["state"] == "done", job
+    lost = unreadable(procs, nodes[2], before + writers.acked)
+    assert not lost, f"{len(lost)} of {len(before) + len(writers.acked)} lost: {lost[:5]}"
+
+
+def test_saved_state_of_another_cluster_is_refused_at_start(procs: Cluster) -> None:
+    node = procs.add_node()
+    (cluster,) = cluster_ids(procs, [node])
+    procs.stop(node)
+    with_cluster_id(node, "not-" + str(cluster))
+    procs.start(node, wait=False)
+    assert node.proc is not None
+    assert node.proc.wait(20) != 0
+    assert f"belongs to cluster {cluster!r}" in node.log()
+
+
+def test_gossip_of_another_cluster_is_refused_by_a_node_that_holds_data(
+    procs: Cluster,
+) -> None:
+    a = procs.add_node()
+    b = procs.add_node()  # no seed: founds a cluster of its own
+    (cluster_a,) = cluster_ids(procs, [a])
+    (cluster_b,) = cluster_ids(procs, [b])
+    assert cluster_a != cluster_b
+    assert procs.put(b, "precious", b"b's data", query="?w=1")[0] == 204
+    # b is now pointed at a (a typo in a seed list, a reused address): it introduces
+    # itself, a lists it, and b must not give up its own cluster and data for a's
+    procs.stop(b)
+    b.args += ["--seed", a.address]
+    procs.start(b)
+    wait_for(lambda: procs.status(b)["foreign_cluster"] == cluster_a, 20, what="b refusing a")
+    assert procs.status(b)["cluster"] == cluster_b
+    assert procs.get(b, "precious", "?r=1")[2] == b"b's data"
+    metrics = procs.request(b, "GET", "/metrics")[2].decode()
+    refused = [
+        float(line.split()[1])
+        for line in metrics.splitlines()
+        if line.startswith("dynamo_gossip_foreign_refused_total ")
+    ]
+    assert refused and refused[0] >= 1, refused
+    assert "refused gossip from cluster" in b.log()
+
+
+def test_an_empty_node_started_alone_can_still_be_joined(procs: Cluster, tmp_path: Path) -> None:
+    a = procs.add_node()
+    b = procs.add_node()  # founds its own cluster, holds nothing
+    (cluster_a,) = cluster_ids(procs, [a])
+    procs.admin(a, "POST", "join", {"address": b.address})
+    procs.admin(a, "POST", "commit")
+    wait_for(lambda: procs.status(b)["cluster"] == cluster_a, 20, what="b adopting a's cluster")
+    procs.wait_converged([a, b])
+    assert procs.status(b)["foreign_cluster"] is None
