@@ -11,6 +11,12 @@ Writes are applied to RocksDB on the event loop (visible at once, WAL written, n
   iteration's writes as one group (`Storage.group_writes`). The WAL is fsynced every
   `interval` seconds, so a machine crash loses at most that window on this replica
   (Cassandra's "periodic" commitlog mode).
+
+A failed fsync is never retried (PostgreSQL's "fsyncgate": after a failed fsync the
+kernel may have dropped the dirty pages and a retry can succeed without them on disk).
+The waiters fail, no further write is acknowledged, and `on_fatal` is called: in a
+node it ends the process with EXIT_FSYNC_FAILED, and RocksDB recovers from its WAL on
+restart.
 """
 
 from __future__ import annotations
@@ -18,15 +24,36 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+from collections.abc import Callable
 
 from .storage import Storage
 
 log = logging.getLogger("dynamo.durability")
 
+#: the exit status of a node whose WAL fsync failed (EX_IOERR)
+EXIT_FSYNC_FAILED = 74
+
+
+def exit_on_fsync_failure(exc: BaseException) -> None:
+    """End the process now: nothing it holds in memory can be trusted to be on disk."""
+    log.critical("WAL fsync failed (%s): exiting; the WAL is replayed on restart", exc)
+    logging.shutdown()
+    os._exit(EXIT_FSYNC_FAILED)
+
 
 class GroupCommit:
-    def __init__(self, storage: Storage, mode: str, interval_s: float) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        mode: str,
+        interval_s: float,
+        on_fatal: Callable[[BaseException], None] = exit_on_fsync_failure,
+    ) -> None:
         self._storage = storage
+        self._on_fatal = on_fatal
+        #: the fsync error once one failed: nothing is acknowledged after it
+        self.failed: BaseException | None = None
         self.mode = mode
         self._interval = interval_s
         self._issued = 0
@@ -86,6 +113,9 @@ class GroupCommit:
         if self._synced >= target:
             return None
         fut = self._loop_now().create_future()
+        if self.failed is not None:
+            fut.set_exception(self.failed)
+            return fut
         self._waiters.append((target, fut))
         self._wake.set()
         return fut
@@ -106,8 +136,10 @@ class GroupCommit:
                 await asyncio.to_thread(self._storage.sync_wal)
             except Exception as exc:
                 log.exception("WAL fsync failed")
+                self.failed = exc
                 self._fail(exc)
-                continue
+                self._on_fatal(exc)
+                return  # never retried
             self.fsyncs += 1
             self._synced = target
             self._release()
@@ -137,7 +169,7 @@ class GroupCommit:
                 await self._task
             self._task = None
         self._storage.flush()
-        if self._issued != self._synced:
+        if self._issued != self._synced and self.failed is None:
             await asyncio.to_thread(self._storage.sync_wal)
             self._synced = self._issued
         self._release()

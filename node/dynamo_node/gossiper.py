@@ -110,6 +110,10 @@ class Gossiper:
 
     async def round(self, peer: str | None = None) -> None:
         node = self.node
+        if node.storage.failure is not None:
+            # no heartbeat while the storage cannot write: the others see this node
+            # down and route around it (hints for it wait) until it recovers
+            return
         node.detector.tick()
         self.rounds += 1
         timeout = max(0.5, node.config.gossip_interval_s)

@@ -178,8 +178,12 @@ class KvServer:
         metrics: Metrics,
         fallback: Callable[[], asyncio.Protocol],
         keepalive_timeout: float = KEEPALIVE_TIMEOUT_S,
+        max_connections: int = 1 << 20,
     ) -> None:
         self.api = api
+        #: open connections beyond this are closed at once (fdbudget.py)
+        self.max_connections = max_connections
+        self.refused_connections = 0
         self.auth = auth
         self.admission = admission
         self.metrics = metrics
@@ -261,6 +265,11 @@ class KvProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement the interface without subclassing it
         self.transport = cast(asyncio.Transport, transport)
+        if len(self.server.connections) >= self.server.max_connections:
+            # over the descriptor budget: storage must keep the descriptors it needs
+            self.server.refused_connections += 1
+            self.transport.abort()
+            return
         self.server.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:

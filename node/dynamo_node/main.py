@@ -18,6 +18,7 @@ from aiohttp import web
 
 from .config import NodeConfig
 from .errors import DynamoError
+from .fdbudget import budget
 from .http1 import KvServer
 from .memory import MIB, declared_limit, default_row_cache_bytes, memory_limit
 from .metrics import Metrics
@@ -185,7 +186,8 @@ async def serve(config: NodeConfig) -> None:
         cache // MIB,
         f"{limit // MIB} MiB" if limit else "unknown",
     )
-    storage = RocksStorage(config.data_dir, row_cache_bytes=cache)
+    fds = budget()
+    storage = RocksStorage(config.data_dir, row_cache_bytes=cache, max_open_files=fds.rocksdb)
     log.info(
         "table writes (flushes, compactions): %s",
         "direct I/O" if storage.direct_io else "through the page cache (no O_DIRECT here)",
@@ -208,7 +210,18 @@ async def serve(config: NodeConfig) -> None:
         await runner.setup()
         assert runner.server is not None
         # the client port: the lean server for /v1/kv, aiohttp (runner.server) for the rest
-        kv = KvServer(app[API_KEY], app[AUTH_KEY], app[ADMISSION_KEY], metrics, runner.server)
+        kv = KvServer(
+            app[API_KEY],
+            app[AUTH_KEY],
+            app[ADMISSION_KEY],
+            metrics,
+            runner.server,
+            max_connections=fds.connections,
+        )
+        refused = kv
+        metrics.add_live(
+            dict, lambda: {"http_connections_refused_total": refused.refused_connections}
+        )
         await kv.start(config.host, config.port, ssl=server_context(config))
         log.info(
             "dynamo-node %s ready on %s://%s (peer port %d, data %s, durability %s)",
@@ -274,6 +287,8 @@ def install_metrics(node: Node, metrics: Metrics) -> None:
             "members_up": up,
             "transfers_in_progress": len(node.handoff.progress),
             "row_cache_limit_bytes": getattr(node.storage, "row_cache_limit", 0),
+            "storage_failed": 1 if node.storage_failure() is not None else 0,
+            "replacing": 1 if node.replacing else 0,
         }
 
     def counters() -> dict[str, float]:

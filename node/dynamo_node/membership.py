@@ -34,18 +34,29 @@ class Member:
     peer: str  # HOST:PORT of the node-to-node protocol
     status: str = "joining"
     gen: int = 0
+    #: a ring member whose data directory was lost and is being refilled from the other
+    #: replicas: it counts towards no quorum until then (placement treats it as down)
+    replacing: bool = False
 
     def to_wire(self) -> list[Any]:
-        return [self.node, self.address, self.peer, self.status, self.gen]
+        wire: list[Any] = [self.node, self.address, self.peer, self.status, self.gen]
+        if self.replacing:  # only then: nodes of the previous release read 5 fields
+            wire.append(True)
+        return wire
 
     @classmethod
     def from_wire(cls, raw: Any) -> Member:
-        node, address, peer, status, gen = raw
+        if not isinstance(raw, list | tuple) or len(raw) not in (5, 6):
+            raise ValueError("a member is a list of 5 or 6 fields")
+        node, address, peer, status, gen = raw[:5]
+        replacing = raw[5] if len(raw) == 6 else False
         if type(gen) is not int:
             raise ValueError("member generation must be an integer")
         if status not in STATUSES:
             raise ValueError(f"unknown member status {status!r}")
-        return cls(str(node), str(address), str(peer), str(status), int(gen))
+        if type(replacing) is not bool:
+            raise ValueError("member replacing flag must be a boolean")
+        return cls(str(node), str(address), str(peer), str(status), int(gen), replacing)
 
 
 def _member_rank(m: Member) -> tuple[int, int, str, str]:

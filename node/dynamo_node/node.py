@@ -36,6 +36,7 @@ from .handoff import Handoff
 from .hints import HintStore
 from .liveness import FailureDetector
 from .membership import ClusterState, Member
+from .refill import Refill
 from .replica import Replica
 from .ring import partition_of
 from .storage import Family, Storage, skey_hash
@@ -50,6 +51,10 @@ log = logging.getLogger("dynamo.node")
 META_NODE_ID = b"node-id"
 META_STATE = b"cluster-state"
 META_INCARNATION = b"incarnation"
+#: present while this node is a replacement being refilled: the partitions done so far
+META_REFILL = b"refill"
+#: how often a failed storage is reopened to see whether it can write again
+STORAGE_RECOVERY_S = 5.0
 
 
 class Node:
@@ -89,6 +94,12 @@ class Node:
                 f"{config.cluster_id!r} (--cluster-id): refusing to start rather than mix "
                 "two clusters' data"
             )
+        refill = storage.get(Family.META, META_REFILL)
+        #: a replacement being refilled (see refill.py), and the partitions done
+        self.replacing = refill is not None
+        self.refill_done: set[int] = set(msgpack.unpackb(refill)) if refill else set()
+        #: whether a fresh directory was checked against the first ring learned
+        self._replacement_decided = not self.fresh
         #: gossip refused because it came from another cluster: count, last cluster id
         self.foreign_gossip = 0
         self.foreign_cluster: str | None = None
@@ -121,6 +132,7 @@ class Node:
         self.handoff = Handoff(self)
         self.claimant = Claimant(self)
         self.anti_entropy = AntiEntropy(self)
+        self.refill = Refill(self)
         self.jobs = self.anti_entropy.jobs
 
     # --- identity and persisted state -----------------------------------------------------
@@ -168,6 +180,7 @@ class Node:
             state = state.with_member(
                 replace(mine, address=self.member.address, peer=self.member.peer)
             )
+        state = self._with_replacing_flag(state)
         old_plan = (self.state.epoch, self.state.next is None) if self.state else None
         self.state = state
         self._placements.clear()
@@ -185,12 +198,75 @@ class Node:
                 "transferring" if state.in_transition() else "stable",
             )
 
+    # --- a replacement: a ring member back with an empty directory -----------------------
+    def _with_replacing_flag(self, state: ClusterState) -> ClusterState:
+        """`state` with this node's member record flagged `replacing` exactly while it
+        is; the first ring a fresh directory learns decides whether it is one."""
+        if not self._replacement_decided:
+            self._replacement_decided = True
+            # an owner in the committed ring (a node being joined owns nothing there yet)
+            if self.node_id in state.ring.nodes():
+                self.replacing = True
+                self.refill_done = set()
+                self.storage.write([(Family.META, META_REFILL, msgpack.packb([]))])
+                log.warning(
+                    "the ring lists this node but its data directory is new (a lost "
+                    "volume): it is a replacement and counts towards no quorum until refilled"
+                )
+        mine = state.members.get(self.node_id)
+        if mine is not None and mine.replacing != self.replacing:
+            state = state.with_member(replace(mine, replacing=self.replacing))
+        return state
+
+    def partition_refilled(self, p: int) -> None:
+        self.refill_done.add(p)
+        packed = msgpack.packb(sorted(self.refill_done))
+        self.storage.write([(Family.META, META_REFILL, packed)])
+        self.commit_log.issued()
+
+    def finish_replacing(self) -> None:
+        self.replacing = False
+        self.storage.write([(Family.META, META_REFILL, None)])
+        self.commit_log.issued()
+        if self.state is not None:
+            self.set_state(self._with_replacing_flag(self.state))
+            self.gossiper.push_soon()
+
+    def storage_failure(self) -> str | None:
+        """Why this node's storage cannot write (disk full, I/O error), or None."""
+        failure = self.storage.failure or self.commit_log.failed
+        return str(failure) if failure is not None else None
+
+    async def _recover_storage(self) -> None:
+        """While the storage is failed, try to reopen it every few seconds (space
+        freed, the device back): from then on the node counts towards quorums again."""
+        while True:
+            await asyncio.sleep(STORAGE_RECOVERY_S)
+            if self.storage.failure is None:
+                continue
+            try:
+                await asyncio.to_thread(self.storage.recover)
+            except Exception as exc:
+                log.warning("storage still failing (%s); retrying in %ss", exc, STORAGE_RECOVERY_S)
+
+    def serving(self, node: str) -> bool:
+        """Up, and not a replacement being refilled: a replica that may count. This
+        node's own replica does not while its storage is failed (the coordinator then
+        uses the other replicas and fallbacks, as for a down peer)."""
+        if node == self.node_id and self.storage.failure is not None:
+            return False
+        if not self.is_up(node):
+            return False
+        member = self.state.members.get(node) if self.state is not None else None
+        return member is None or not member.replacing
+
     # --- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
         self.storage.group_writes(asyncio.get_running_loop().call_soon)
         self.commit_log.start()
         if self.state is None and not self.seeds and not self.config.cluster_id:
             cluster = uuid.uuid4().hex[:12]
+            self._replacement_decided = True  # founding: nothing to refill
             self.set_state(
                 ClusterState.founding(cluster, self.member, self.config.partitions, self.config.n)
             )
@@ -219,6 +295,8 @@ class Node:
             ("hints", self._hints_loop),
             ("transfers", self.handoff.run),
             ("janitor", self.handoff.janitor),
+            ("refill", self.refill.run),
+            ("storage-recovery", self._recover_storage),
         ):
             self._tasks.append(asyncio.create_task(loop(), name=name))
         self.anti_entropy.start()
@@ -300,12 +378,12 @@ class Node:
         unplaced: list[str] = []
         fallbacks = list(walk_rest)
         for node in primaries:
-            if self.is_up(node):
+            if self.serving(node):
                 targets.append((node, None))
                 continue
             while fallbacks:
                 candidate = fallbacks.pop(0)
-                if self.is_up(candidate):
+                if self.serving(candidate):
                     targets.append((candidate, node))
                     break
             else:
@@ -314,7 +392,7 @@ class Node:
             len(primaries),
             tuple(targets),
             gaining,
-            tuple(node for node in fallbacks if self.is_up(node)),
+            tuple(node for node in fallbacks if self.serving(node)),
             tuple(unplaced),
         )
 
@@ -424,6 +502,8 @@ class Node:
         return raw
 
     def _rpc_get(self, args: Any) -> bytes | None:
+        if self.replacing:  # its "not found" would not mean anything yet
+            raise Unavailable("this replica is being refilled (a replacement)")
         return self.read_encoded(self._skey(args[0]))
 
     def _rpc_put(self, args: Any) -> bytes:
@@ -512,6 +592,8 @@ class Node:
             return "left"
         if m.node != self.node_id and not self.is_up(m.node):
             return "down"
+        if m.replacing:
+            return "replacing"
         return {"valid": "up"}.get(m.status, m.status)
 
     def status(self) -> dict[str, Any]:
@@ -547,6 +629,8 @@ class Node:
             "peer_address": self.member.peer,
             "cluster": state.cluster if state else None,
             "foreign_cluster": self.foreign_cluster,
+            "refill": self.refill.progress() if self.replacing else None,
+            "storage_failure": self.storage_failure(),
             "state": self.member_state(me) if me else "joining",
             "ring_version": state.version if state else 0,
             "members": members,

@@ -312,7 +312,7 @@ def openapi_document(n: int = 3) -> dict[str, Any]:
                         "address": {"type": "string"},
                         "state": {
                             "type": "string",
-                            "enum": ["joining", "up", "down", "leaving", "left"],
+                            "enum": ["joining", "up", "down", "replacing", "leaving", "left"],
                         },
                         "ring_version": {"type": "integer"},
                         "members": {
@@ -325,7 +325,14 @@ def openapi_document(n: int = 3) -> dict[str, Any]:
                                     "address": {"type": "string"},
                                     "state": {
                                         "type": "string",
-                                        "enum": ["joining", "up", "down", "leaving", "left"],
+                                        "enum": [
+                                            "joining",
+                                            "up",
+                                            "down",
+                                            "replacing",
+                                            "leaving",
+                                            "left",
+                                        ],
                                     },
                                 },
                             },
@@ -345,6 +352,20 @@ def openapi_document(n: int = 3) -> dict[str, Any]:
                             "nullable": True,
                             "description": "the id of this node's cluster; null until it "
                             "knows a ring",
+                        },
+                        "storage_failure": {
+                            "type": "string",
+                            "nullable": True,
+                            "description": "why this node's storage cannot write (disk "
+                            "full, I/O error) while it cannot, else null",
+                        },
+                        "refill": {
+                            "type": "object",
+                            "nullable": True,
+                            "description": "while this node is a replacement (its data "
+                            "directory was lost) being refilled: partitions_done, "
+                            "partitions_total, keys_repaired, waiting_for (down replicas "
+                            "it waits for); else null",
                         },
                         "foreign_cluster": {
                             "type": "string",

@@ -88,6 +88,15 @@ class Storage(Protocol):
 
     def group_writes(self, schedule: Callable[[Callable[[], None]], object]) -> None: ...
 
+    @property
+    def failure(self) -> BaseException | None:
+        """The error that failed a write (disk full, I/O error), until `recover`."""
+
+    def recover(self) -> None:
+        """Reopen after a failure (the write-ahead log is replayed: every acknowledged
+        write is back; writes that failed were never acknowledged and are gone);
+        raises if the storage still cannot write."""
+
     def has_pending(self) -> bool:
         """Writes accepted (and readable) but not yet applied to the write-ahead log."""
 
@@ -105,9 +114,18 @@ class MemoryStorage:
         self._closed = False
         self.syncs = 0
         self.flush_hooks: list[Callable[[BaseException | None], None]] = []
+        #: set by tests to make the storage fail like a full disk
+        self.failed: BaseException | None = None
 
     def group_writes(self, schedule: Callable[[Callable[[], None]], object]) -> None:
         """Writes apply at once here: nothing to group."""
+
+    @property
+    def failure(self) -> BaseException | None:
+        return self.failed
+
+    def recover(self) -> None:
+        self.failed = None
 
     def has_pending(self) -> bool:
         return False
@@ -118,6 +136,8 @@ class MemoryStorage:
     def _check(self) -> None:
         if self._closed:
             raise Unavailable("storage is closed")
+        if self.failed is not None:
+            raise Unavailable(f"storage failed: {self.failed}")
 
     def get(self, family: Family, key: bytes) -> bytes | None:
         self._check()

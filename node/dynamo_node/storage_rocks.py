@@ -73,8 +73,10 @@ def direct_io_works(path: str) -> bool:
     return True
 
 
-def _options(direct_io: bool = False) -> Options:
+def _options(direct_io: bool = False, max_open_files: int = -1) -> Options:
     opts = Options(raw_mode=True)
+    # -1: no bound; else RocksDB closes the least used tables beyond it (fdbudget.py)
+    opts.set_max_open_files(max_open_files)
     opts.create_if_missing(True)
     opts.create_missing_column_families(True)
     opts.set_keep_log_file_num(3)
@@ -103,24 +105,13 @@ def _options(direct_io: bool = False) -> Options:
 
 
 class RocksStorage:
-    def __init__(self, path: str, row_cache_bytes: int = 0) -> None:
+    def __init__(self, path: str, row_cache_bytes: int = 0, max_open_files: int = -1) -> None:
         os.makedirs(path, exist_ok=True)
         self.path = path
+        self.max_open_files = max_open_files
         #: flushes and compactions bypass the page cache (where the filesystem allows)
         self.direct_io = direct_io_works(path)
-        self._db: Any = Rdict(
-            path,
-            options=_options(self.direct_io),
-            column_families={
-                f.value: Options(raw_mode=True) for f in Family if f is not Family.OBJECTS
-            },
-        )
-        self._cfs: dict[Family, Any] = {Family.OBJECTS: self._db}
-        self._handles: dict[Family, Any] = {}
-        for f in Family:
-            if f is not Family.OBJECTS:
-                self._cfs[f] = self._db.get_column_family(f.value)
-                self._handles[f] = self._db.get_column_family_handle(f.value)
+        self._open()
         self._write_opts = WriteOptions()
         self._write_opts.sync = False
         self._closed = False
@@ -136,6 +127,51 @@ class RocksStorage:
         self._rows_limit = row_cache_bytes
         self.row_hits = 0
         self.row_misses = 0
+
+    def _open(self) -> None:
+        self._db: Any = Rdict(
+            self.path,
+            options=_options(self.direct_io, self.max_open_files),
+            column_families={
+                f.value: Options(raw_mode=True) for f in Family if f is not Family.OBJECTS
+            },
+        )
+        self._cfs: dict[Family, Any] = {Family.OBJECTS: self._db}
+        self._handles: dict[Family, Any] = {}
+        for f in Family:
+            if f is not Family.OBJECTS:
+                self._cfs[f] = self._db.get_column_family(f.value)
+                self._handles[f] = self._db.get_column_family_handle(f.value)
+
+    @property
+    def failure(self) -> BaseException | None:
+        return self._failed
+
+    def recover(self) -> None:
+        """Close and reopen RocksDB (it replays its WAL), then prove a write and a WAL
+        sync work; the failed writes were never acknowledged, so what they left in
+        memory (the overlay, the row cache) is dropped."""
+        if self._failed is None or self._closed:
+            return
+        with self._sync_lock:
+            for it in list(self._iterators):
+                it.close()
+            self._pending = []
+            self._overlay.clear()
+            self._rows.clear()
+            self._rows_bytes = 0
+            self._handles.clear()
+            self._cfs.clear()
+            with contextlib.suppress(Exception):
+                self._db.close()
+            self._db = None
+            self._open()
+            probe = WriteBatch(raw_mode=True)
+            probe.put(b"storage-probe", b"1", self._handles[Family.META])
+            self._db.write(probe, self._write_opts)
+            self._db.flush_wal(True)
+        log.warning("storage recovered after %s: accepting writes again", self._failed)
+        self._failed = None
 
     @property
     def row_cache_limit(self) -> int:

@@ -250,6 +250,9 @@ def build_app(node: Node, metrics: Metrics | None = None) -> web.Application:
         return web.json_response({"status": "ok", "node": node.node_id})
 
     async def readyz(request: web.Request) -> web.Response:
+        failure = node.storage_failure()
+        if failure is not None:
+            return error_response(503, "storage_failed", f"storage cannot write: {failure}")
         if not node.ready or node.state is None:
             return error_response(503, "not_ready", "storage not open or ring not known yet")
         return web.json_response({"status": "ready", "ring_version": node.state.version})

@@ -29,8 +29,10 @@ REVISION_LABEL = "controller-revision-hash"
 
 #: member states (DESIGN §5); "left" is a node that left the ring and owns nothing
 JOINING, UP, DOWN, LEAVING, LEFT = "joining", "up", "down", "leaving", "left"
+#: a ring member back with an empty volume, being refilled (it counts for no quorum)
+REPLACING = "replacing"
 #: own states that mean "this node is in the committed ring"
-IN_RING_STATES = frozenset({UP, LEAVING})
+IN_RING_STATES = frozenset({UP, LEAVING, REPLACING})
 
 _ORDINAL = re.compile(r"^(?P<set>.+)-(?P<ordinal>0|[1-9][0-9]*)$")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .observed import IN_RING_STATES, LEAVING, UP, NodeView, Observed
+from .observed import IN_RING_STATES, LEAVING, REPLACING, UP, NodeView, Observed
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +22,8 @@ class RingView:
     leaving: frozenset[str]
     down: frozenset[str]  # members the coordinator sees down, or that do not answer
     busy: str | None  # why the ring has not settled, or None
+    #: members being refilled after they came back with an empty volume
+    replacing: frozenset[str] = frozenset()
 
     @property
     def active(self) -> frozenset[str]:
@@ -52,12 +54,25 @@ def ring_of(observed: Observed) -> RingView:
     down = set(name for name in members if name not in observed.nodes)
     if coordinator is not None:
         down |= {m.name for m in coordinator.members if m.name in members and m.state == "down"}
+    replacing = frozenset(
+        name
+        for name in members
+        if ((own := observed.nodes.get(name)) is not None and own.state == REPLACING)
+        or any((m := v.member(name)) is not None and m.state == REPLACING for v in views)
+    )
+    busy = _busy(observed, members, leaving, frozenset(down))
+    if busy is None and replacing:
+        busy = (
+            f"{_names(replacing, observed)} refilling after a lost volume: no membership "
+            "change or restart until it has its data"
+        )
     return RingView(
         coordinator=coordinator,
         members=members,
         leaving=leaving,
         down=frozenset(down),
-        busy=_busy(observed, members, leaving, frozenset(down)),
+        busy=busy,
+        replacing=replacing,
     )
 
 

@@ -63,6 +63,7 @@ REASON_NO_RING = "NoRing"
 REASON_PAUSED = "Paused"
 REASON_SCALE_DOWN_REFUSED = "ScaleDownRefused"
 REASON_MEMBERS_DOWN = "MembersDown"
+REASON_MEMBERS_REPLACING = "MembersReplacing"
 REASON_AS_EXPECTED = "AsExpected"
 REASON_INVALID_SPEC = "InvalidSpec"
 
@@ -246,6 +247,13 @@ def _degraded(step: Step, ring: RingView) -> tuple[str, str, str]:
     if ring.down:
         names = ", ".join(sorted(ring.down))
         return TRUE, REASON_MEMBERS_DOWN, f"ring member(s) down or not answering: {names}"
+    if ring.replacing:
+        names = ", ".join(sorted(ring.replacing))
+        return (
+            TRUE,
+            REASON_MEMBERS_REPLACING,
+            f"ring member(s) refilling after a lost volume, counted in no quorum: {names}",
+        )
     return FALSE, REASON_AS_EXPECTED, "every ring member is up"
 
 

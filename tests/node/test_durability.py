@@ -27,6 +27,7 @@ class RecordingStorage(MemoryStorage):
         self.gate: threading.Event | None = None
         self.in_sync = threading.Event()
         self.fail_next = False
+        self.attempts = 0  # sync_wal calls, failed ones included
 
     def write(self, ops):  # type: ignore[no-untyped-def]
         super().write(ops)
@@ -34,6 +35,7 @@ class RecordingStorage(MemoryStorage):
 
     def sync_wal(self) -> None:
         started_with = self.writes
+        self.attempts += 1
         self.in_sync.set()
         if self.gate is not None:
             assert self.gate.wait(10), "test gate never opened"
@@ -172,20 +174,44 @@ async def test_sync_group_commit_with_slow_fsyncs_and_staggered_writers() -> Non
         await gc.stop()
 
 
-async def test_sync_fsync_failure_fails_the_waiters_then_recovers() -> None:
+async def test_a_failed_fsync_is_fatal_and_never_retried() -> None:
     s = RecordingStorage()
     s.fail_next = True
-    gc = GroupCommit(s, "sync", 10.0)
+    fatal: list[BaseException] = []
+    gc = GroupCommit(s, "sync", 10.0, on_fatal=fatal.append)
     gc.start()
     try:
         write(s, gc, 1)
         with pytest.raises(OSError):
             await asyncio.wait_for(gc.barrier(), 5)
+        assert len(fatal) == 1 and isinstance(fatal[0], OSError)
+        # nothing written after it is acknowledged, and no fsync is tried again (a retry
+        # could "succeed" after the kernel dropped the dirty pages)
         write(s, gc, 2)
-        await asyncio.wait_for(gc.barrier(), 5)
-        assert s.syncs >= 1 and max(s.covered) == 2
+        with pytest.raises(OSError):
+            await asyncio.wait_for(gc.barrier(), 5)
+        assert s.attempts == 1 and not s.covered
     finally:
         await gc.stop()
+    assert s.attempts == 1
+
+
+def test_the_default_on_a_failed_fsync_ends_the_process() -> None:
+    import subprocess
+    import sys
+
+    from dynamo_node.durability import EXIT_FSYNC_FAILED
+
+    code = (
+        "from dynamo_node.durability import exit_on_fsync_failure\n"
+        "exit_on_fsync_failure(OSError(5, 'EIO'))\n"
+        "print('still running')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == EXIT_FSYNC_FAILED
+    assert "still running" not in done.stdout
 
 
 # --- mode "wal" ---------------------------------------------------------------------------

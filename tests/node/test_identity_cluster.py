@@ -167,3 +167,59 @@ def test_an_empty_node_started_alone_can_still_be_joined(procs: Cluster, tmp_pat
     wait_for(lambda: procs.status(b)["cluster"] == cluster_a, 20, what="b adopting a's cluster")
     procs.wait_converged([a, b])
     assert procs.status(b)["foreign_cluster"] is None
+
+
+def test_a_node_back_with_an_empty_directory_is_a_replacement_until_refilled(
+    procs: Cluster,
+) -> None:
+    nodes = procs.form(3, "--anti-entropy-interval", "0", "--no-hinted-handoff")
+    n0, n1, n2 = nodes
+    keys = [f"key-{i}" for i in range(300)]
+    for key in keys:
+        assert procs.put(n0, key, key.encode(), query="?w=all")[0] == 204
+    # written at W=2 while n0 was away: on n1 and n2 only
+    procs.stop(n0)
+    only_n1_n2 = [f"late-{i}" for i in range(30)]
+    for key in only_n1_n2:
+        assert procs.put(n1, key, key.encode(), query="?w=2")[0] == 204
+    procs.start(n0)
+    procs.wait_converged(nodes)
+    # n2 loses its volume while n1 is unreachable: the late keys live on n1 alone
+    procs.kill(n2)
+    wipe(n2)
+    procs.pause(n1)
+    try:
+        procs.start(n2)
+
+        def replacing() -> bool:
+            members = {m["node"]: m["state"] for m in procs.status(n0)["members"]}
+            return members.get(n2.node_id) == "replacing"
+
+        wait_for(replacing, 20, what="n0 to see n2 as a replacement")
+        # it refills what it can and waits for n1 (down) for the partitions n1 holds
+        wait_for(
+            lambda: n1.node_id in procs.status(n2)["refill"]["waiting_for"],
+            20,
+            what="n2 to wait for n1",
+        )
+        progress = procs.status(n2)["refill"]
+        assert progress["partitions_done"] < progress["partitions_total"], progress
+        # n2 does not count: a read at R=2 cannot be met by n0 (which never had the late
+        # keys) and an empty n2, so it fails, and is never answered "not found" as if
+        # n2's emptiness were authoritative
+        for key in only_n1_n2:
+            code = procs.get(n0, key, "?r=2&timeout_ms=1000")[0]
+            assert code == 503, (key, code)
+    finally:
+        procs.resume(n1)
+    # once every replica of its partitions answers, n2 refills and rejoins the quorums
+    wait_for(lambda: procs.status(n2)["refill"] is None, 60, what="n2 refilled")
+    procs.wait_converged(nodes)
+    assert {m["state"] for m in procs.status(n0)["members"]} == {"up"}
+    assert "refilled" in n2.log()
+    # every key, the late ones included, is readable again
+    assert not unreadable(procs, n2, keys + only_n1_n2)
+    # a restart does not make it a replacement again (its directory is not new)
+    procs.restart(n2)
+    procs.wait_converged(nodes)
+    assert procs.status(n2)["refill"] is None

@@ -571,3 +571,21 @@ def test_from_wire_on_a_corrupted_field_decodes_or_raises_value_error(
 def test_from_wire_on_arbitrary_input_decodes_or_raises_value_error(value: object) -> None:
     with contextlib.suppress(ValueError):
         ClusterState.from_wire(value)
+
+
+def test_the_replacing_flag_travels_only_when_set() -> None:
+    plain = Member("a", "h:1", "h:2", "valid", 3)
+    assert len(plain.to_wire()) == 5  # what nodes of the previous release read
+    flagged = Member("a", "h:1", "h:2", "valid", 4, replacing=True)
+    assert flagged.to_wire()[5] is True
+    assert Member.from_wire(flagged.to_wire()) == flagged
+    assert Member.from_wire(plain.to_wire()) == plain
+    for bad in (["a", "h:1", "h:2", "valid", 4, 1], ["a", "h:1"], "a"):
+        with pytest.raises(ValueError):
+            Member.from_wire(bad)
+    # the higher generation wins a merge, so the flag (and its clearing) spreads
+    base = ClusterState.founding("c", plain, 8, 1)
+    newer = base.with_member(replace(base.members["a"], replacing=True))
+    assert base.merge(newer).members["a"].replacing
+    cleared = newer.with_member(replace(newer.members["a"], replacing=False))
+    assert not newer.merge(cleared).members["a"].replacing

@@ -308,15 +308,22 @@ async def test_scale_up_and_down_moves_data_first(env: Env) -> None:
     status = await env.wait_stable(NAME, 3, timeout=60)
     await env.assert_members_match_ring(NAME, status, pods(3))
     await env.assert_readable(NAME, f"{NAME}-0", written)
-    # the order of the membership steps, as events (resourceVersion order)
-    reasons = [e["reason"] for e in env.events()]
-    leave = max(
-        i
-        for i, e in enumerate(env.events())
-        if e["reason"] == "MembershipChange" and "leave demo-4, demo-3" in e["message"]
-    )
-    shrink = max(i for i, r in enumerate(reasons) if r == "ScalingDown")
-    assert leave < shrink < max(i for i, r in enumerate(reasons) if r == "AntiEntropy")
+
+    # the order of the membership steps, as events (resourceVersion order); Kopf posts
+    # events in the background, so the last one may land after the status
+    def in_order() -> bool:
+        events = env.events()
+        reasons = [e["reason"] for e in events]
+        leave = max(
+            i
+            for i, e in enumerate(events)
+            if e["reason"] == "MembershipChange" and "leave demo-4, demo-3" in e["message"]
+        )
+        shrink = max(i for i, r in enumerate(reasons) if r == "ScalingDown")
+        assert leave < shrink, reasons
+        return shrink < max(i for i, r in enumerate(reasons) if r == "AntiEntropy")
+
+    await eventually(in_order, 10, "an AntiEntropy event after the shrink")
 
     # and up again: demo-3 left with its volume deleted, so it rejoins empty
     assert not (env.kubelet.root / "data" / "demo-3").exists()

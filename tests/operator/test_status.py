@@ -7,6 +7,7 @@ import dataclasses
 from typing import Any
 
 from dynamo_operator.observed import Observed
+from dynamo_operator.ringview import ring_of
 from dynamo_operator.scaling import (
     next_step,
 )
@@ -24,6 +25,7 @@ from dynamo_operator.status import (
     PROGRESSING,
     REASON_INVALID_SPEC,
     REASON_MEMBERS_DOWN,
+    REASON_MEMBERS_REPLACING,
     REASON_QUORUM_AT_RISK,
     REASON_QUORUM_AVAILABLE,
     REASON_SCALE_DOWN_REFUSED,
@@ -243,3 +245,16 @@ def test_cluster_id_is_recorded_once_the_nodes_agree_and_then_kept() -> None:
     assert cluster_id(split, {"clusterId": "c1"}) == "c1"
     assert cluster_id(_reporting(world, {pod(0): "c9"}), {"clusterId": "c1"}) == "c1"
     assert status_of(agreeing)["clusterId"] == "c1"
+
+
+def test_a_member_refilling_after_a_lost_volume_is_degraded_and_blocks_changes() -> None:
+    world = World.running(3)
+    world.members[pod(2)] = "replacing"
+    status = status_of(world)
+    degraded = cond(status, DEGRADED)
+    assert (degraded["status"], degraded["reason"]) == ("True", REASON_MEMBERS_REPLACING)
+    assert pod(2) in degraded["message"]
+    assert pod(2) in [m["name"] for m in status["members"]]
+    # no membership change (nor a pod restart) while it refills
+    busy = ring_of(world.observed()).busy
+    assert busy is not None and "refilling" in busy
