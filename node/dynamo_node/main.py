@@ -29,6 +29,8 @@ from .web import ADMISSION_KEY, API_KEY, AUTH_KEY, build_app
 
 log = logging.getLogger("dynamo.main")
 
+#: the exit status when the data directory is damaged (EX_DATAERR)
+EXIT_CORRUPT = 65
 #: in-flight client requests get this long to finish on SIGTERM
 SHUTDOWN_TIMEOUT_S = 5.0
 #: the node's own tasks get this long to stop before a hard (but WAL-synced) exit
@@ -187,7 +189,20 @@ async def serve(config: NodeConfig) -> None:
         f"{limit // MIB} MiB" if limit else "unknown",
     )
     fds = budget()
-    storage = RocksStorage(config.data_dir, row_cache_bytes=cache, max_open_files=fds.rocksdb)
+    try:
+        storage = RocksStorage(config.data_dir, row_cache_bytes=cache, max_open_files=fds.rocksdb)
+    except Exception as exc:
+        if "orruption" not in str(exc):
+            raise
+        log.critical(
+            "refusing to start: the data in %s is damaged (%s). Nothing was skipped. "
+            "Either restore this node's volume from a snapshot, or move the directory "
+            "away and start the node empty: it then refills from its peers as a "
+            "replacement (what only this replica held is lost)",
+            config.data_dir,
+            exc,
+        )
+        raise SystemExit(EXIT_CORRUPT) from None
     log.info(
         "table writes (flushes, compactions): %s",
         "direct I/O" if storage.direct_io else "through the page cache (no O_DIRECT here)",

@@ -35,6 +35,7 @@ from rocksdict import (
     BlockBasedOptions,
     Cache,
     DBCompressionType,
+    DBRecoveryMode,
     Options,
     Rdict,
     WriteBatch,
@@ -77,6 +78,12 @@ def _options(direct_io: bool = False, max_open_files: int = -1) -> Options:
     opts = Options(raw_mode=True)
     # -1: no bound; else RocksDB closes the least used tables beyond it (fdbudget.py)
     opts.set_max_open_files(max_open_files)
+    # a damaged WAL is never skipped silently: only an incomplete last record (a write
+    # cut short by a crash, never acknowledged) is tolerated; corruption anywhere else
+    # fails the open, and the node refuses to start (RocksDB's default, point-in-time
+    # recovery, would stop replaying there and drop every later write)
+    opts.set_wal_recovery_mode(DBRecoveryMode.tolerate_corrupted_tail_records())
+    opts.set_paranoid_checks(True)
     opts.create_if_missing(True)
     opts.create_missing_column_families(True)
     opts.set_keep_log_file_num(3)
