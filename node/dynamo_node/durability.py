@@ -132,6 +132,13 @@ class GroupCommit:
                 continue
             target = self._issued
             self._storage.flush()  # the grouped writes into the WAL, here on the loop
+            refused = self._storage.failure
+            if refused is not None:
+                # a write already failed (disk full): the WAL writer is in error and
+                # accepts nothing, so there is nothing new to sync. Waiters fail with
+                # that error; the storage recovers (or not) on its own, not by fsync.
+                self._fail(refused)
+                continue
             try:
                 await asyncio.to_thread(self._storage.sync_wal)
             except Exception as exc:
@@ -156,7 +163,7 @@ class GroupCommit:
         if still:
             self._wake.set()
 
-    def _fail(self, exc: Exception) -> None:
+    def _fail(self, exc: BaseException) -> None:
         for _, fut in self._waiters:
             if not fut.done():
                 fut.set_exception(exc)

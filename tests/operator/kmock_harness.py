@@ -589,6 +589,8 @@ class Kubelet:
                 if process is not None:  # crashed: the kubelet restarts the container
                     self.running.pop(pod)
                     await self._set_ready(pod, False)
+                if not self._config_present(sts):
+                    continue  # CreateContainerConfigError: retried on the next tick
                 self.running[pod] = self._start(sts, obj)
                 continue
             if not process.ready and await self._readyz(process):
@@ -686,6 +688,12 @@ class Kubelet:
         headers = {"Content-Type": "application/merge-patch+json"}
         async with self.api.patch(path, data=json.dumps(body), headers=headers) as resp:
             assert resp.status < 300 or resp.status == 404, await resp.text()
+
+    def _config_present(self, sts: dict[str, Any]) -> bool:
+        """The ConfigMap the pod mounts exists (it goes first when a cluster is deleted)."""
+        volumes = sts["spec"]["template"]["spec"]["volumes"]
+        name = next(v["configMap"]["name"] for v in volumes if "configMap" in v)
+        return self.object("v1/configmaps", name) is not None
 
     # --- processes -----------------------------------------------------------------------
     def _start(self, sts: dict[str, Any], pod_obj: dict[str, Any]) -> PodProcess:

@@ -99,7 +99,7 @@ class World:
             shown = state
             if state not in ("left",) and name not in answering:
                 shown = "down"
-            partitions = PARTITIONS_EACH if state in ("up", "leaving") else 0
+            partitions = PARTITIONS_EACH if state in ("up", "leaving", "replacing") else 0
             views.append(MemberView(name, f"{name}:7070", shown, partitions))
         return tuple(views)
 
@@ -112,8 +112,8 @@ class World:
                 name=name,
                 address=f"{name}:7070",
                 state=own,
-                ring_version=self.ring_version if own in ("up", "leaving") else 0,
-                partitions=PARTITIONS_EACH if own in ("up", "leaving") else 0,
+                ring_version=self.ring_version if own in ("up", "leaving", "replacing") else 0,
+                partitions=PARTITIONS_EACH if own in ("up", "leaving", "replacing") else 0,
                 transfers=self.transfers,
                 transfer_nodes=self.transferring if self.transfers else frozenset(),
                 hints_pending=self.hints if name == pod(0) else 0,
