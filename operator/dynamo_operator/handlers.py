@@ -106,7 +106,6 @@ EVENT_ANTI_ENTROPY_UNAVAILABLE = "AntiEntropyUnavailable"
 EVENT_SCALE_COMPLETE = "ScaleComplete"
 EVENT_POD_RESTARTED = "PodRestarted"
 EVENT_ACTION_FAILED = "ActionFailed"
-EVENT_FOREIGN_CLUSTER = "ForeignCluster"
 
 
 @dataclass(frozen=True, slots=True)
@@ -356,28 +355,6 @@ async def observe(
         await _patch_status(svc, namespace, name, status, new)
     except KubeError as exc:
         raise kopf.TemporaryError(str(exc), delay=svc.config.interval_s) from None
-    _foreign_warnings(body, observed)
-
-
-def _foreign_warnings(body: kopf.Body, observed: Observed) -> None:
-    """A node refusing another cluster's gossip: say so once per node and cluster."""
-    for view in observed.nodes.values():
-        if view.foreign_cluster is None:
-            continue
-        key = (view.name, view.foreign_cluster)
-        if key in _FOREIGN_REPORTED:
-            continue
-        _FOREIGN_REPORTED.add(key)
-        kopf.warn(
-            body,
-            reason=EVENT_FOREIGN_CLUSTER,
-            message=f"{view.name} refuses gossip from another cluster ({view.foreign_cluster}): "
-            "a node of another cluster reaches it (a wrong seed, a reused address)",
-        )
-
-
-#: (node, foreign cluster) pairs already reported, per operator process
-_FOREIGN_REPORTED: set[tuple[str, str]] = set()
 
 
 async def _patch_status(

@@ -149,10 +149,8 @@ class NodeView:
     hints_pending: int
     members: tuple[MemberView, ...]
     last_anti_entropy: str | None
-    #: the cluster id of its ring (None until it learned one) and, if it refused gossip
-    #: of another cluster, that cluster's id
+    #: the cluster id of its ring (None until it learned one)
     cluster: str | None = None
-    foreign_cluster: str | None = None
 
     def member(self, name: str) -> MemberView | None:
         return next((m for m in self.members if m.name == name), None)
@@ -192,7 +190,6 @@ class NodeView:
             members=tuple(members),
             last_anti_entropy=str(last) if last else None,
             cluster=_str_or_none(raw.get("cluster")),
-            foreign_cluster=_str_or_none(raw.get("foreign_cluster")),
         )
 
 
