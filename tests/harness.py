@@ -15,6 +15,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -340,6 +341,53 @@ class Cluster:
     ) -> tuple[int, dict[str, str], bytes]:
         headers = {"X-Dynamo-Context": context} if context else {}
         return self.request(node, "DELETE", f"/v1/kv/{quote(key)}{query}", None, headers)
+
+
+class Writers:
+    """New keys written through every node in turn (W=2) from a few threads, while a
+    failure happens; records what was acknowledged."""
+
+    def __init__(self, c: Cluster, nodes: list[NodeProc], prefix: str, threads: int = 3) -> None:
+        self.c, self.nodes, self.prefix = c, nodes, prefix
+        self.acked: list[str] = []
+        self.failed = 0
+        self.lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(t,)) for t in range(threads)]
+
+    def _run(self, t: int) -> None:
+        i = 0
+        while not self._stop.is_set():
+            key = f"{self.prefix}{t}-{i}"
+            node = self.nodes[i % len(self.nodes)]
+            try:
+                status = self.c.put(node, key, key.encode(), query="?timeout_ms=2000")[0]
+            except OSError:  # the node is down: not acknowledged
+                status = 0
+            with self.lock:
+                if status == 204:
+                    self.acked.append(key)
+                else:
+                    self.failed += 1
+            i += 1
+
+    def __enter__(self) -> Writers:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(20)
+
+
+def unreadable(c: Cluster, node: NodeProc, keys: list[str], r: str = "all") -> list[str]:
+    return [
+        key
+        for key in keys
+        if (reply := c.get(node, key, f"?r={r}"))[0] != 200 or reply[2] != key.encode()
+    ]
 
 
 def quote(key: str) -> str:

@@ -1,6 +1,7 @@
 """Staged membership changes (the claimant role, like `riak admin cluster plan/commit`).
 
-Joins (by address of a running node) and leaves (by node id) are staged on the node
+Joins (by address of a running node), leaves (by node id), force-removes (a node gone
+for good, by id) and replacements (a gone node by a running one) are staged on the node
 that receives the admin calls; `plan` shows the ring they lead to and the transfers it
 implies; `commit` turns them into a new cluster state (membership.commit) and pushes
 it to every member at once. A commit is refused while an earlier one still transfers.
@@ -26,8 +27,24 @@ class Claimant:
         self.node = node
         self.joins: list[str] = []
         self.leaves: list[str] = []
+        self.removes: list[str] = []
+        #: old node id -> the node id that takes its place
+        self.replaces: dict[str, str] = {}
 
     async def stage_join(self, address: str) -> str:
+        member = await self._member_at(address)
+        state = self.node.require_state()
+        if member.node in state.ring_nodes() and member.node not in self.leaves:
+            raise Conflict(f"node {member.node} at {address} is already in the ring")
+        if member.node in self.replaces.values():
+            raise Conflict(f"node {member.node} is staged to replace another node")
+        if member.node in self.leaves:
+            self.leaves.remove(member.node)
+        elif member.node not in self.joins:
+            self.joins.append(member.node)
+        return member.node
+
+    async def _member_at(self, address: str) -> Member:
         node = self.node
         state = node.require_state()
         split_hostport(address)
@@ -35,14 +52,7 @@ class Claimant:
         if member is None:
             member = await self._lookup(address)
             node.set_state(state.with_member(member))
-            state = node.require_state()
-        if member.node in state.ring_nodes() and member.node not in self.leaves:
-            raise Conflict(f"node {member.node} at {address} is already in the ring")
-        if member.node in self.leaves:
-            self.leaves.remove(member.node)
-        elif member.node not in self.joins:
-            self.joins.append(member.node)
-        return member.node
+        return member
 
     async def _lookup(self, address: str) -> Member:
         try:
@@ -61,6 +71,7 @@ class Claimant:
         if node_id in self.joins:
             self.joins.remove(node_id)
             return "staged"
+        self._unstage(node_id)
         if node_id not in state.ring_nodes():
             member = state.members[node_id]
             if member.status != "left":
@@ -71,18 +82,76 @@ class Claimant:
             self.leaves.append(node_id)
         return "staged"
 
+    def stage_remove(self, node_id: str) -> str:
+        """Stage taking a ring member out *without its data* (it is gone for good): each
+        partition it replicated is rebuilt on its new replica from the surviving ones."""
+        state = self.node.require_state()
+        if node_id not in state.members:
+            raise NotFound(f"unknown node {node_id!r}")
+        if node_id not in state.ring_nodes():
+            raise Conflict(f"node {node_id!r} owns nothing: nothing to remove")
+        if node_id == self.node.node_id:
+            raise Conflict("a node cannot force-remove itself: ask another member")
+        self._unstage(node_id)
+        self.removes.append(node_id)
+        return node_id
+
+    async def stage_replace(self, old: str, new: str) -> str:
+        """Stage `new` (a running node's HOST:PORT, or the id of a member that owns
+        nothing) taking exactly the partitions of ring member `old`, which is gone for
+        good: they are rebuilt on `new` from the surviving replicas. Returns new's id."""
+        state = self.node.require_state()
+        if old not in state.members:
+            raise NotFound(f"unknown node {old!r}")
+        if old not in state.ring_nodes():
+            raise Conflict(f"node {old!r} owns nothing: nothing to replace")
+        if old == self.node.node_id:
+            raise Conflict("a node cannot replace itself: ask another member")
+        if ":" in new:
+            member = await self._member_at(new)
+        elif new in state.members:
+            member = state.members[new]
+        else:
+            raise NotFound(f"unknown node {new!r}: give a running node's HOST:PORT")
+        if member.node in self.node.require_state().ring_nodes():
+            raise Conflict(f"node {member.node} is already in the ring")
+        if member.node in self.joins or member.node in self.replaces.values():
+            raise Conflict(f"node {member.node} is already staged to join or replace")
+        self._unstage(old)
+        self.replaces[old] = member.node
+        return member.node
+
+    def _unstage(self, node_id: str) -> None:
+        """Forget any earlier leave, removal or replacement staged for `node_id`: the
+        latest command wins."""
+        if node_id in self.leaves:
+            self.leaves.remove(node_id)
+        if node_id in self.removes:
+            self.removes.remove(node_id)
+        self.replaces.pop(node_id, None)
+
+    def staged(self) -> dict[str, object]:
+        return {
+            "joins": list(self.joins),
+            "leaves": list(self.leaves),
+            "removes": list(self.removes),
+            "replaces": [{"old": old, "new": new} for old, new in self.replaces.items()],
+        }
+
     def current_plan(self) -> Plan | None:
-        if not self.joins and not self.leaves:
+        if not (self.joins or self.leaves or self.removes or self.replaces):
             return None
         try:
-            return plan(self.node.require_state(), self.joins, self.leaves)
+            return plan(
+                self.node.require_state(), self.joins, self.leaves, self.removes, self.replaces
+            )
         except PlanError as exc:
             raise Conflict(str(exc)) from None
 
     async def commit(self) -> ClusterState:
         staged = self.current_plan()
         if staged is None:
-            raise Conflict("nothing is staged: stage a join or leave first")
+            raise Conflict("nothing is staged: stage a join, leave, force-remove or replace first")
         new = commit(self.node.require_state(), staged, self.node.node_id)
         self.node.set_state(new)
         self.clear()
@@ -92,3 +161,5 @@ class Claimant:
     def clear(self) -> None:
         self.joins.clear()
         self.leaves.clear()
+        self.removes.clear()
+        self.replaces.clear()

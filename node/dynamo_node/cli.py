@@ -314,9 +314,11 @@ def render_status(status: dict[str, Any]) -> str:
         ("last anti-entropy", str(status.get("last_anti_entropy") or "never")),
     ]
     staged = status.get("staged") or {}
-    if staged.get("joins") or staged.get("leaves"):
-        changes = [f"+{n}" for n in staged.get("joins", [])]
-        changes += [f"-{n}" for n in staged.get("leaves", [])]
+    changes = [f"+{n}" for n in staged.get("joins", [])]
+    changes += [f"-{n}" for n in staged.get("leaves", [])]
+    changes += [f"-{n}(force)" for n in staged.get("removes", [])]
+    changes += [f"{r.get('old')}->{r.get('new')}" for r in staged.get("replaces", [])]
+    if changes:
         pairs.append(("staged", " ".join(changes) + f" (see: {PROG} plan)"))
     parts = [_fields(pairs), ""]
     members = status.get("members", [])
@@ -395,6 +397,32 @@ def cmd_leave(client: DynamoClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_force_remove(client: DynamoClient, args: argparse.Namespace) -> int:
+    answer = client.force_remove(args.node_id)
+    if args.json:
+        _print_json(answer)
+    else:
+        _out(
+            f"staged: {answer.get('node')} is removed without its data; its partitions "
+            f"are rebuilt from the surviving replicas. Review with '{PROG} plan', "
+            f"apply with '{PROG} commit'"
+        )
+    return EXIT_OK
+
+
+def cmd_replace(client: DynamoClient, args: argparse.Namespace) -> int:
+    answer = client.replace(args.old, args.new)
+    if args.json:
+        _print_json(answer)
+    else:
+        _out(
+            f"staged: {answer.get('new')} replaces {answer.get('old')}, whose data is not "
+            f"used: its partitions are rebuilt from the surviving replicas. Review with "
+            f"'{PROG} plan', apply with '{PROG} commit'"
+        )
+    return EXIT_OK
+
+
 def render_plan(answer: dict[str, Any], current: dict[str, int]) -> str:
     """The staged change; `current` is partitions owned per node now (from status)."""
     plan = answer.get("plan")
@@ -405,6 +433,13 @@ def render_plan(answer: dict[str, Any], current: dict[str, int]) -> str:
     ]
     lines += [f"  join   {node}" for node in plan.get("joins", [])]
     lines += [f"  leave  {node}" for node in plan.get("leaves", [])]
+    lines += [
+        f"  force-remove  {node} (gone: its data is not used)" for node in plan.get("removes", [])
+    ]
+    lines += [
+        f"  replace  {r.get('old')} by {r.get('new')} (the old node's data is not used)"
+        for r in plan.get("replaces", [])
+    ]
     after: dict[str, int] = {str(k): int(v) for k, v in plan.get("ownership", {}).items()}
     nodes = sorted(set(current) | set(after))
     rows = [[n, str(current.get(n, 0)), str(after.get(n, 0))] for n in nodes]
@@ -416,6 +451,11 @@ def render_plan(answer: dict[str, Any], current: dict[str, int]) -> str:
             received[str(t.get("to"))] = received.get(str(t.get("to")), 0) + 1
     lines += ["", f"transfers: {len(transfers)}"]
     lines += [f"  to {node}: {count}" for node, count in sorted(received.items())]
+    rebuilds = sum(1 for t in transfers if t.get("rebuild"))
+    if rebuilds:
+        lines.append(
+            f"  {rebuilds} of them rebuilt from every surviving replica (none from a removed node)"
+        )
     lines += ["", f"apply with '{PROG} commit', discard with '{PROG} plan --clear'"]
     return "\n".join(lines)
 
@@ -662,6 +702,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("leave", "stage a node leaving the ring", cmd_leave)
     p.add_argument("node_id", metavar="NODE", help="node id as status reports it")
+    json_flag(p)
+
+    p = command(
+        "force-remove",
+        "stage removing a node gone for good; its partitions are rebuilt from the others",
+        cmd_force_remove,
+    )
+    p.add_argument("node_id", metavar="NODE", help="node id as status reports it")
+    json_flag(p)
+
+    p = command(
+        "replace",
+        "stage a running node taking the place of a node gone for good",
+        cmd_replace,
+    )
+    p.add_argument("old", metavar="OLD", help="node id of the node gone for good")
+    p.add_argument("new", metavar="NEW", help="HOST:PORT of the running replacement")
     json_flag(p)
 
     p = command("plan", "show the staged ring change and its transfers", cmd_plan)

@@ -452,6 +452,16 @@ class DynamoClient:
         """Stage node id `node` leaving the ring (commit to apply)."""
         return self._json("POST", "leave", {"node": node})
 
+    def force_remove(self, node: str) -> Json:
+        """Stage node id `node`, gone for good, leaving without its data (commit to
+        apply): its partitions are rebuilt from the surviving replicas."""
+        return self._json("POST", "force-remove", {"node": node})
+
+    def replace(self, old: str, new: str) -> Json:
+        """Stage `new` (HOST:PORT of a running node, or a member's id) taking the place
+        of `old`, gone for good (commit to apply)."""
+        return self._json("POST", "replace", {"old": old, "new": new})
+
     def plan(self) -> Json:
         return self._json("GET", "plan")
 

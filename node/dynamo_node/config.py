@@ -15,6 +15,7 @@ from typing import Literal
 from .errors import InvalidRequest
 
 Durability = Literal["sync", "wal"]
+OnCorruption = Literal["refuse", "replace"]
 
 DEFAULT_PARTITIONS = 256
 DEFAULT_N = 3
@@ -64,6 +65,10 @@ class NodeConfig:
     #: like Cassandra's row cache: a hit skips RocksDB's memtable and block lookups.
     #: None: 1/8 of the memory limit (`memory.default_row_cache_bytes`)
     row_cache_bytes: int | None = None
+    #: a data directory RocksDB reports damaged (Corruption) at start: "refuse" (exit 65,
+    #: the operator decides), or "replace": move it aside (never deleted) and start
+    #: empty, keeping the node and cluster ids, as a replacement that refills from peers
+    on_corruption: OnCorruption = "refuse"
 
     clock_max_entries: int = 10
     #: never prune a clock entry younger than this: replicas converge long before
@@ -150,6 +155,10 @@ class NodeConfig:
         if self.cluster_id and not _CLUSTER_ID.fullmatch(self.cluster_id):
             raise InvalidRequest(
                 f"cluster id must be 1-64 letters, digits, '.', '_' or '-', got {self.cluster_id!r}"
+            )
+        if self.on_corruption not in ("refuse", "replace"):
+            raise InvalidRequest(
+                f"on_corruption must be 'refuse' or 'replace', got {self.on_corruption!r}"
             )
         if self.row_cache_bytes is not None and self.row_cache_bytes < 0:
             raise InvalidRequest("row_cache_bytes must be >= 0")

@@ -12,6 +12,7 @@ DynamoError
 ├── Conflict                  409  e.g. an admin change that contradicts the staged plan
 ├── QuorumNotMet              503  fewer replicas answered than r / w demanded
 ├── Unavailable               503  storage closed, node stopping, ring unknown
+│   └── StorageCorrupt        503  RocksDB found damaged data (a checksum mismatch)
 └── PeerError                 (internal) a node-to-node call failed or timed out
 """
 
@@ -86,6 +87,14 @@ class QuorumNotMet(DynamoError):
 class Unavailable(DynamoError):
     status = 503
     code = "unavailable"
+
+
+class StorageCorrupt(Unavailable):
+    """RocksDB reported Corruption (a checksum mismatch in a table or log file): the
+    data is never served or skipped; the node's storage is failed until it is replaced
+    or restored."""
+
+    code = "storage_corrupt"
 
 
 class PeerError(DynamoError):

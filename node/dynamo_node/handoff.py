@@ -8,6 +8,11 @@ stream resumable after a crash of either side; a refused batch is retried. Only 
 the stream is complete is the transfer marked done in the cluster state (gossiped), so
 ownership switches after the data moved, never before. Once the ring settles, the
 janitor deletes the partitions this node is no longer a replica of.
+
+A transfer out of a partition one of whose replicas was removed for good (force-remove,
+replace) is a *rebuild*: the receiving node pulls the partition from every surviving
+replica with the anti-entropy exchange, waiting while one of them is down (with W
+below N an acknowledged write may live on that replica only), then marks it done.
 """
 
 from __future__ import annotations
@@ -66,11 +71,17 @@ class Handoff:
                 continue
             for t in state.pending_transfers():
                 key = (t.partition, t.target)
-                if t.source != node.node_id or key in self._tasks:
+                mine = t.target if t.rebuild else t.source
+                if mine != node.node_id or key in self._tasks:
                     continue
                 if len(self._tasks) >= node.config.transfer_concurrency:
                     break
-                task = asyncio.create_task(self._stream(state.epoch, t.partition, t.target))
+                work = (
+                    self._rebuild(state.epoch, t.partition)
+                    if t.rebuild
+                    else self._stream(state.epoch, t.partition, t.target)
+                )
+                task = asyncio.create_task(work)
                 self._tasks[key] = task
                 task.add_done_callback(self._finished(key))
 
@@ -115,17 +126,62 @@ class Handoff:
                     await asyncio.sleep(config.transfer_batch_pause_s)
                 if len(batch) < config.transfer_batch_keys:
                     break
-            current = node.require_state()
-            if current.epoch != epoch:
+            if node.require_state().epoch != epoch:
                 return
             storage.write([(Family.META, cursor_key, None)])
-            node.set_state(current.with_done(p, target).settle())
-            log.debug("transferred partition %d to %s (%d keys)", p, target, progress.keys_done)
-            if not node.require_state().in_transition():
-                log.info("all transfers of plan %d are complete", epoch)
-            node.gossiper.push_soon()
+            self._mark_done(epoch, p, target, progress.keys_done)
         finally:
             self.progress.pop((p, target), None)
+
+    def _mark_done(self, epoch: int, p: int, target: str, keys: int) -> bool:
+        node = self.node
+        current = node.require_state()
+        if current.epoch != epoch:
+            return False
+        node.set_state(current.with_done(p, target).settle())
+        log.debug("transferred partition %d to %s (%d keys)", p, target, keys)
+        if not node.require_state().in_transition():
+            log.info("all transfers of plan %d are complete", epoch)
+        node.gossiper.push_soon()
+        return True
+
+    async def _rebuild(self, epoch: int, p: int) -> None:
+        """Pull partition p from every surviving replica (a replica was removed)."""
+        node = self.node
+        me = node.node_id
+        state = node.require_state()
+        survivors = [
+            r for r in state.ring.preference_list(p, state.n) if r not in state.removed and r != me
+        ]
+        progress = TransferProgress(p, ",".join(survivors), me)
+        self.progress[(p, me)] = progress
+        try:
+            pending = list(survivors)
+            while pending:
+                if node.require_state().epoch != epoch:
+                    return
+                peer = pending[0]
+                if not node.is_up(peer):
+                    log.warning("rebuild of partition %d waits for replica %s", p, peer)
+                    await asyncio.sleep(RETRY_PAUSE_S)
+                    continue
+                try:
+                    progress.keys_done += await node.anti_entropy.exchange(p, peer)
+                except Exception as exc:
+                    log.warning("rebuild of partition %d from %s paused: %s", p, peer, exc)
+                    await asyncio.sleep(RETRY_PAUSE_S)
+                    continue
+                pending.pop(0)
+            self.keys_received += progress.keys_done
+            if self._mark_done(epoch, p, me, progress.keys_done):
+                log.info(
+                    "rebuilt partition %d from %s (%d keys)",
+                    p,
+                    ", ".join(survivors),
+                    progress.keys_done,
+                )
+        finally:
+            self.progress.pop((p, me), None)
 
     # --- janitor ---------------------------------------------------------------------------
     async def janitor(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import gc
 import json
 import logging
@@ -13,17 +14,20 @@ import sys
 from dataclasses import fields
 from typing import Any
 
+import msgpack
 import uvloop
 from aiohttp import web
 
 from .config import NodeConfig
 from .errors import DynamoError
-from .fdbudget import budget
+from .fdbudget import Budget, budget
 from .http1 import KvServer
+from .membership import ClusterState
 from .memory import MIB, declared_limit, default_row_cache_bytes, memory_limit
 from .metrics import Metrics
-from .node import Node
-from .storage_rocks import RocksStorage
+from .node import META_NODE_ID, META_STATE, Node
+from .storage import Family
+from .storage_rocks import RocksStorage, is_corruption, salvage_meta
 from .tls import server_context
 from .web import ADMISSION_KEY, API_KEY, AUTH_KEY, build_app
 
@@ -107,6 +111,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="memory for recently used objects: bytes, 0 (off) or auto (the default: "
         "1/8 of the memory limit, cgroup or machine)",
     )
+    p.add_argument(
+        "--on-corruption",
+        dest="on_corruption",
+        choices=["refuse", "replace"],
+        default=os.environ.get("DYNAMO_ON_CORRUPTION") or None,
+        help="a data directory RocksDB reports damaged at start (env DYNAMO_ON_CORRUPTION): "
+        "refuse to start, exit 65 (the default), or replace: move it aside to "
+        "DIR.corrupt-TIMESTAMP and start empty, refilling from the other replicas",
+    )
     p.add_argument("--log-level", default=os.environ.get("DYNAMO_LOG_LEVEL", "INFO"))
     return p.parse_args(argv)
 
@@ -189,20 +202,7 @@ async def serve(config: NodeConfig) -> None:
         f"{limit // MIB} MiB" if limit else "unknown",
     )
     fds = budget()
-    try:
-        storage = RocksStorage(config.data_dir, row_cache_bytes=cache, max_open_files=fds.rocksdb)
-    except Exception as exc:
-        if "orruption" not in str(exc):
-            raise
-        log.critical(
-            "refusing to start: the data in %s is damaged (%s). Nothing was skipped. "
-            "Either restore this node's volume from a snapshot, or move the directory "
-            "away and start the node empty: it then refills from its peers as a "
-            "replacement (what only this replica held is lost)",
-            config.data_dir,
-            exc,
-        )
-        raise SystemExit(EXIT_CORRUPT) from None
+    storage, config = open_storage(config, cache, fds)
     log.info(
         "table writes (flushes, compactions): %s",
         "direct I/O" if storage.direct_io else "through the page cache (no O_DIRECT here)",
@@ -251,6 +251,97 @@ async def serve(config: NodeConfig) -> None:
         log.info("stopping")
     finally:
         await _shutdown(kv, runner, node)
+
+
+def open_storage(config: NodeConfig, cache: int, fds: Budget) -> tuple[RocksStorage, NodeConfig]:
+    """Open the data directory; if RocksDB reports it damaged, refuse to start (exit 65)
+    or, with on_corruption=replace, move it aside and start empty (a replacement)."""
+    try:
+        storage = RocksStorage(config.data_dir, row_cache_bytes=cache, max_open_files=fds.rocksdb)
+        return storage, config
+    except Exception as exc:
+        if not is_corruption(exc):
+            raise
+        damage = exc
+    if config.on_corruption != "replace":
+        log.critical(
+            "refusing to start: the data in %s is damaged (%s). Nothing was skipped. "
+            "Either restore this node's volume from a snapshot, or restart the node with "
+            "--on-corruption=replace: the directory is moved aside (kept) and the node "
+            "starts empty, refilling from its peers as a replacement (what only this "
+            "replica held is lost)",
+            config.data_dir,
+            damage,
+        )
+        raise SystemExit(EXIT_CORRUPT)
+    # the identity comes along: the replacement logic keys on the node id and cluster id
+    saved = salvage_meta(config.data_dir, [META_NODE_ID, META_STATE])
+    node_id = config.node_id or saved.get(META_NODE_ID, b"").decode()
+    cluster = config.cluster_id
+    if not cluster and META_STATE in saved:
+        try:
+            cluster = ClusterState.from_wire(msgpack.unpackb(saved[META_STATE], raw=False)).cluster
+        except Exception as err:  # a damaged record: the cluster is learned by gossip
+            log.warning("saved cluster state unreadable (%s)", err)
+    if not node_id or not (cluster or config.seeds):
+        log.critical(
+            "refusing to start: the data in %s is damaged (%s) and this node's %s could "
+            "not be read from it: give --node-id and --cluster-id to start it empty as a "
+            "replacement, or restore its volume from a snapshot",
+            config.data_dir,
+            damage,
+            "node id" if not node_id else "cluster id (and no --seed)",
+        )
+        raise SystemExit(EXIT_CORRUPT)
+    aside = move_aside(config.data_dir)
+    log.critical(
+        "the data in %s is damaged (%s): moved it aside to %s (kept: delete it once the "
+        "node is refilled, or keep it for analysis) and starting EMPTY as node %s of "
+        "cluster %s; it refills from the other replicas as a replacement "
+        "(--on-corruption=replace)",
+        config.data_dir,
+        damage,
+        aside,
+        node_id,
+        cluster or "(learned from the seeds)",
+    )
+    config = config.replace(node_id=node_id, cluster_id=cluster)
+    storage = RocksStorage(config.data_dir, row_cache_bytes=cache, max_open_files=fds.rocksdb)
+    storage.write([(Family.META, META_NODE_ID, node_id.encode())])
+    storage.sync_wal()
+    storage.corruptions += 1
+    return storage, config
+
+
+def move_aside(data_dir: str) -> str:
+    """Rename a damaged data directory to `<dir>.corrupt-<UTC time>` beside it (a rename:
+    no space needed, nothing deleted); if it is a mount point, its contents move into
+    `<dir>/corrupt-<UTC time>` instead (the same volume). Returns the new location."""
+    real = os.path.realpath(data_dir)  # a symlink to the volume: move the volume's dir
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    if os.path.ismount(real):
+        aside = os.path.join(real, f"corrupt-{stamp}")
+        entries = [e for e in os.listdir(real) if not e.startswith("corrupt-")]
+        entries = [e for e in entries if e != "lost+found"]
+        os.mkdir(aside)
+        for entry in entries:
+            os.rename(os.path.join(real, entry), os.path.join(aside, entry))
+        _fsync_dir(aside)
+        _fsync_dir(real)
+        return aside
+    aside = f"{real}.corrupt-{stamp}"
+    os.rename(real, aside)
+    os.mkdir(real)
+    _fsync_dir(os.path.dirname(real))
+    return aside
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 async def _shutdown(kv: KvServer | None, runner: web.AppRunner, node: Node) -> None:
@@ -319,6 +410,7 @@ def install_metrics(node: Node, metrics: Metrics) -> None:
             "row_cache_misses_total": getattr(node.storage, "row_misses", 0),
             "clock_prune_suspects_total": node.replica.stats.prune_suspects,
             "gossip_foreign_refused_total": node.foreign_gossip,
+            "storage_corruption_total": getattr(node.storage, "corruptions", 0),
             **extra,
         }
 

@@ -9,6 +9,9 @@
   and `done`: the (partition, receiving node) transfers already completed. A partition
   switches to `next`'s preference list only when every node that gains it has received
   it (ownership switches after the transfer, never before).
+- `removed`: ring members the committed plan takes out *without their data* (force-
+  removed or replaced: gone for good). They are never a transfer's source; a partition
+  they replicated is rebuilt on each node gaining it from every surviving replica.
 - `epoch` + `claimant` identify the plan; a higher plan wins a merge, equal plans merge
   `done` by union. `version` (= ring.version + len(done)) grows with every change.
 
@@ -68,6 +71,11 @@ class Transfer:
     partition: int
     source: str
     target: str
+    #: a replica of the partition is gone for good (force-removed or replaced): the
+    #: target rebuilds it from every surviving replica (`source` is the first of them)
+    #: instead of receiving one node's stream, which could miss a write that reached
+    #: the dead node and one other replica only
+    rebuild: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +88,7 @@ class ClusterState:
     done: frozenset[tuple[int, str]] = frozenset()
     epoch: int = 0
     claimant: str = ""
+    removed: frozenset[str] = frozenset()
 
     # --- construction ----------------------------------------------------------------
     @classmethod
@@ -103,7 +112,7 @@ class ClusterState:
         """Every transfer the committed plan implies (done or not)."""
         if self.next is None:
             return []
-        return plan_transfers(self.ring, self.next, self.n)
+        return plan_transfers(self.ring, self.next, self.n, self.removed)
 
     def pending_transfers(self) -> list[Transfer]:
         return [t for t in self.transfers() if (t.partition, t.target) not in self.done]
@@ -168,7 +177,11 @@ class ClusterState:
         state = self
         if self.next is not None and not self.in_transition():
             state = replace(
-                self, ring=self.next.with_version(self.version), next=None, done=frozenset()
+                self,
+                ring=self.next.with_version(self.version),
+                next=None,
+                done=frozenset(),
+                removed=frozenset(),
             )
         if state.next is not None:
             return state
@@ -203,7 +216,7 @@ class ClusterState:
 
     # --- wire ----------------------------------------------------------------------------
     def to_wire(self) -> dict[str, Any]:
-        return {
+        wire: dict[str, Any] = {
             "cluster": self.cluster,
             "n": self.n,
             "ring": self.ring.to_dict(),
@@ -213,6 +226,9 @@ class ClusterState:
             "claimant": self.claimant,
             "members": [m.to_wire() for m in sorted(self.members.values(), key=lambda m: m.node)],
         }
+        if self.removed:  # only then: the previous release reads the state without it
+            wire["removed"] = sorted(self.removed)
+        return wire
 
     @classmethod
     def from_wire(cls, raw: Any) -> ClusterState:
@@ -225,6 +241,9 @@ class ClusterState:
                     raise TypeError(f"{name} must be an integer")
             if raw["n"] < 1:
                 raise ValueError("n must be at least 1")
+            removed = raw.get("removed", [])
+            if not isinstance(removed, list) or not all(isinstance(x, str) for x in removed):
+                raise TypeError("removed must be a list of node ids")
             return cls(
                 cluster=str(raw["cluster"]),
                 n=int(raw["n"]),
@@ -234,23 +253,31 @@ class ClusterState:
                 done=frozenset((int(p), str(t)) for p, t in raw["done"]),
                 epoch=int(raw["epoch"]),
                 claimant=str(raw["claimant"]),
+                removed=frozenset(removed),
             )
         except (KeyError, TypeError, OverflowError) as exc:
             raise ValueError(f"malformed cluster state: {exc}") from None
 
 
-def plan_transfers(old: Ring, new: Ring, n: int) -> list[Transfer]:
+def plan_transfers(
+    old: Ring, new: Ring, n: int, removed: Iterable[str] = frozenset()
+) -> list[Transfer]:
     """For every partition, each node in the new preference list but not in the old one
-    receives the partition from a node of the old list (preferably one losing it)."""
+    receives the partition from a node of the old list (preferably one losing it). A
+    `removed` node is never a source: where one replicated the partition, the transfer
+    is a rebuild from the surviving replicas."""
+    gone = frozenset(removed)
     out: list[Transfer] = []
     for p in range(old.partitions):
         before, after = old.preference_list(p, n), new.preference_list(p, n)
-        losing = [node for node in before if node not in after]
+        alive = [node for node in before if node not in gone]
+        rebuild = len(alive) < len(before)
+        losing = [node for node in alive if node not in after]
         for target in after:
             if target in before:
                 continue
-            source = losing.pop(0) if losing else before[0]
-            out.append(Transfer(p, source, target))
+            source = losing.pop(0) if losing else (alive or before)[0]
+            out.append(Transfer(p, source, target, rebuild))
     return out
 
 
@@ -262,6 +289,14 @@ class Plan:
     leaves: tuple[str, ...]
     ring: Ring
     transfers: tuple[Transfer, ...]
+    #: ring members taken out without their data (gone for good)
+    removes: tuple[str, ...] = ()
+    #: (old, new): new takes old's place in the ring; old's data is not used
+    replaces: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def removed(self) -> frozenset[str]:
+        return frozenset(self.removes) | {old for old, _ in self.replaces}
 
     def to_dict(self) -> dict[str, Any]:
         moves: dict[str, int] = {}
@@ -270,13 +305,17 @@ class Plan:
         return {
             "joins": list(self.joins),
             "leaves": list(self.leaves),
+            "removes": list(self.removes),
+            "replaces": [{"old": old, "new": new} for old, new in self.replaces],
             "ring_version": self.ring.version,
             "nodes": list(self.ring.nodes()),
             "ownership": {node: len(self.ring.owned_by(node)) for node in self.ring.nodes()},
             "transfers": [
-                {"partition": t.partition, "from": t.source, "to": t.target} for t in self.transfers
+                {"partition": t.partition, "from": t.source, "to": t.target, "rebuild": t.rebuild}
+                for t in self.transfers
             ],
             "partitions_received": moves,
+            "members_after": len(self.ring.nodes()),
         }
 
 
@@ -284,29 +323,67 @@ class PlanError(ValueError):
     pass
 
 
-def plan(state: ClusterState, joins: Sequence[str], leaves: Sequence[str]) -> Plan:
+def plan(
+    state: ClusterState,
+    joins: Sequence[str],
+    leaves: Sequence[str],
+    removes: Sequence[str] = (),
+    replaces: Mapping[str, str] | None = None,
+) -> Plan:
+    """The ring after joining `joins`, taking out `leaves` (which hand their data over),
+    `removes` (gone for good: their partitions are rebuilt from the surviving replicas)
+    and replacing each `old` by `new` in `replaces` (new takes exactly old's partitions,
+    rebuilt from the surviving replicas)."""
+    swaps = dict(replaces or {})
     if state.in_transition() or state.next is not None:
         raise PlanError("a committed change is still transferring; wait for it to finish")
     current = list(state.ring.nodes())
     for node in joins:
         if node not in state.members:
             raise PlanError(f"unknown node {node!r}")
-    for node in leaves:
+    for node in [*leaves, *removes, *swaps]:
         if node not in current:
-            raise PlanError(f"node {node!r} owns nothing and cannot leave")
-    nodes = [x for x in current if x not in leaves] + [x for x in joins if x not in current]
+            raise PlanError(f"node {node!r} owns nothing and cannot leave or be removed")
+    taken_out = [*leaves, *removes, *swaps]
+    if len(set(taken_out)) != len(taken_out):
+        raise PlanError("a node can be staged to leave, be removed or be replaced only once")
+    for old, new in swaps.items():
+        if new not in state.members:
+            raise PlanError(f"unknown node {new!r}: start it and stage its join first")
+        if new in current or new in joins or list(swaps.values()).count(new) > 1:
+            raise PlanError(f"node {new!r} cannot replace {old!r}: it already has a place")
+    base = state.ring
+    if swaps:  # the replacement takes exactly the old node's partitions
+        base = Ring(base.version, tuple(swaps.get(o, o) for o in base.owners))
+    kept = [swaps.get(x, x) for x in current if x not in leaves and x not in removes]
+    nodes = kept + [x for x in joins if x not in current]
     if not nodes:
         raise PlanError("a plan cannot remove every node")
-    ring = claim(state.ring, nodes)
-    return Plan(tuple(joins), tuple(leaves), ring, tuple(plan_transfers(state.ring, ring, state.n)))
+    ring = base if sorted(nodes) == list(base.nodes()) else claim(base, nodes)
+    gone = frozenset(removes) | frozenset(swaps)
+    for p in range(state.partitions):
+        before = state.ring.preference_list(p, state.n)
+        if all(node in gone for node in before):
+            raise PlanError(
+                f"partition {p} would lose every replica ({', '.join(before)}): "
+                "its data exists nowhere else"
+            )
+    return Plan(
+        tuple(joins),
+        tuple(leaves),
+        ring,
+        tuple(plan_transfers(state.ring, ring, state.n, gone)),
+        tuple(removes),
+        tuple(swaps.items()),
+    )
 
 
 def commit(state: ClusterState, staged: Plan, claimant: str) -> ClusterState:
     """The committed state: members updated, transfers begin (or none are needed)."""
     new = state
-    for node in staged.joins:
+    for node in [*staged.joins, *(n for _, n in staged.replaces)]:
         new = new.with_member(replace(new.members[node], status="valid"))
-    for node in staged.leaves:
+    for node in [*staged.leaves, *staged.removed]:
         new = new.with_member(replace(new.members[node], status="leaving"))
     new = replace(
         new,
@@ -315,6 +392,7 @@ def commit(state: ClusterState, staged: Plan, claimant: str) -> ClusterState:
         done=frozenset(),
         epoch=state.epoch + 1,
         claimant=claimant,
+        removed=staged.removed,
     )
     return new.settle()
 

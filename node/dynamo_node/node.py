@@ -554,7 +554,28 @@ class Node:
         return changed
 
     # --- hinted handoff ------------------------------------------------------------------
+    def gone(self, node: str) -> bool:
+        """Has `node` left the cluster, or is it being removed for good?"""
+        state = self.state
+        if state is None:
+            return False
+        member = state.members.get(node)
+        return node in state.removed or (member is not None and member.status == "left")
+
+    def _hint_deliverable(self, target: str) -> bool:
+        return self.is_up(target) or self.gone(target)
+
     async def _deliver_hint(self, target: str, skey: bytes, encoded: bytes) -> bool:
+        if self.gone(target):
+            # its target will never come back: the key's replicas now get the version
+            # (as hints of their own, delivered like any other)
+            obj = decode_object(encoded)
+            for node in self.replicates(skey):
+                if node == self.node_id:
+                    self.replica.apply_merge(skey, obj)
+                elif not self.gone(node):
+                    self.hints.store(skey, node, obj)
+            return True
         await self.transport.call(
             target, "merge", [skey, encoded, None], self.config.request_timeout_ms / 1000
         )
@@ -567,7 +588,7 @@ class Node:
                 continue
             try:
                 done = await self.hints.deliver_once(
-                    self._deliver_hint, self.is_up, self.config.hint_batch
+                    self._deliver_hint, self._hint_deliverable, self.config.hint_batch
                 )
                 if done:
                     log.info("delivered %d hint(s); %d pending", done, self.hints.pending)
@@ -645,7 +666,7 @@ class Node:
             "r": self.config.r,
             "w": self.config.w,
             "partitions_total": state.partitions if state else self.config.partitions,
-            "staged": {"joins": self.claimant.joins, "leaves": self.claimant.leaves},
+            "staged": self.claimant.staged(),
             "durability": self.config.durability,
             "uptime_s": round(time.time() - self.started_at, 3),
             "pid": os.getpid(),

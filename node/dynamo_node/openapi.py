@@ -197,6 +197,65 @@ def openapi_document(n: int = 3) -> dict[str, Any]:
                     },
                 }
             },
+            "/v1/admin/force-remove": {
+                "post": {
+                    "summary": "Stage removing a node gone for good (its data is not used)",
+                    "description": (
+                        "Each partition the node replicated is rebuilt on its new "
+                        "replica from every surviving replica, never from the removed "
+                        "node. Shown by the plan; applied by commit."
+                    ),
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["node"],
+                                    "properties": {"node": {"type": "string"}},
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "202": _json(obj, "staged"),
+                        "404": _err("unknown node"),
+                        "409": _err("conflicts with the ring"),
+                        **_COMMON_ERRORS,
+                    },
+                }
+            },
+            "/v1/admin/replace": {
+                "post": {
+                    "summary": "Stage a running node taking the place of one gone for good",
+                    "description": (
+                        "`new` (a running node's HOST:PORT, or the id of a member that "
+                        "owns nothing) takes exactly the partitions of `old`; they are "
+                        "rebuilt on it from the surviving replicas."
+                    ),
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["old", "new"],
+                                    "properties": {
+                                        "old": {"type": "string"},
+                                        "new": {"type": "string"},
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "202": _json(obj, "staged"),
+                        "404": _err("unknown node or no node at that address"),
+                        "409": _err("conflicts with the ring"),
+                        **_COMMON_ERRORS,
+                    },
+                }
+            },
             "/v1/admin/plan": {
                 "get": {
                     "summary": "The staged change and its transfers",

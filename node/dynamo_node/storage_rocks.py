@@ -16,6 +16,26 @@ read keys, in insertion order, oldest evicted first, updated by every write. Pro
 of a 3-node cluster on one core showed RocksDB's memtable skiplist search at ~20% of a
 GET (cache misses across processes); a hit is one dict lookup.
 
+Damaged data (docs/operations.md "Damaged data"): RocksDB verifies a checksum on every
+block it reads. A damaged WAL record, MANIFEST or table index/filter block fails the
+open (`main` then refuses to start, or moves the directory aside with
+`--on-corruption=replace`); a damaged table data block is found only when read (a get,
+a scan, a compaction): the storage is then failed for good (`StorageCorrupt`, never a
+"not found" nor a truncated scan), counted in `corruptions`, and recorded in
+CORRUPTION_MARKER inside the directory, so the next start refuses it as well. Checking
+every block at open would mean reading every table file (about the cost of a full scan;
+docs/operations.md has the numbers), so it is not done.
+
+Recovery without space (`avoid_flush_during_recovery`): RocksDB's default writes the
+replayed WAL out as a table at open, which needs about the WAL's size in free space: a
+node stopped on a full disk could not start again. Here the WAL is replayed into the
+memtable only and kept until a normal flush. rocksdict has no setter for that option,
+so it comes from an OPTIONS file (RocksDB's own format) loaded with `load_latest`, with
+`allow_fallocate=false`: a new WAL was otherwise preallocated (1.1 x the write buffer)
+and took the last free blocks before the open could write its MANIFEST. An open still
+writes a few small files (a MANIFEST, an OPTIONS file, ~32 KiB measured), so a ballast
+file (BALLAST, 1 MiB) is kept in the directory and released at a start on a full disk.
+
 rocksdict notes: column-family handles and iterators keep the DB open, so `close()`
 drops every handle first; iterators are wrapped so that none outlives `close()`.
 """
@@ -23,8 +43,10 @@ drops every handle first; iterators are wrapped so that none outlives `close()`.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import logging
 import os
+import tempfile
 import threading
 import weakref
 from collections import OrderedDict
@@ -32,6 +54,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from rocksdict import (
+    AccessType,
     BlockBasedOptions,
     Cache,
     DBCompressionType,
@@ -42,7 +65,7 @@ from rocksdict import (
     WriteOptions,
 )
 
-from .errors import Unavailable
+from .errors import StorageCorrupt, Unavailable
 from .storage import Family, Op
 
 log = logging.getLogger("dynamo.storage")
@@ -55,6 +78,76 @@ ROW_OVERHEAD = 120
 BLOOM_BITS_PER_KEY = 10
 #: share of the memtable's size given to its bloom filter
 MEMTABLE_BLOOM_RATIO = 0.05
+#: written into the data directory when RocksDB reports damaged data at run time
+CORRUPTION_MARKER = "DYNAMO-CORRUPTION"
+#: space kept in the data directory for a start on a full disk (an open needs ~32 KiB)
+BALLAST = "DYNAMO-BALLAST"
+BALLAST_BYTES = 1024 * 1024
+#: DB options rocksdict has no setter for (RocksDB's OPTIONS file format)
+_OPTIONS_FILE = """[Version]
+  rocksdb_version=9.0.0
+  options_file_version=1.1
+[DBOptions]
+  avoid_flush_during_recovery=true
+  allow_fallocate=false
+[CFOptions "default"]
+[TableOptions/BlockBasedTable "default"]
+"""
+
+
+def is_corruption(exc: BaseException) -> bool:
+    """Whether a RocksDB error is a Corruption status (a checksum or format mismatch)."""
+    return isinstance(exc, StorageCorrupt) or "Corruption" in str(exc)
+
+
+def free_bytes(path: str) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def release_ballast(path: str) -> bool:
+    """Delete the ballast if the filesystem has less free space than it holds."""
+    ballast = os.path.join(path, BALLAST)
+    if not os.path.exists(ballast) or free_bytes(path) >= BALLAST_BYTES:
+        return False
+    os.unlink(ballast)
+    log.warning(
+        "disk full: released the %d KiB ballast in %s so that RocksDB can open; free "
+        "space before writes fail again (docs/operations.md, Disk full)",
+        BALLAST_BYTES // 1024,
+        path,
+    )
+    return True
+
+
+def keep_ballast(path: str) -> None:
+    """(Re)create the ballast where there is room for it (and plenty more)."""
+    ballast = os.path.join(path, BALLAST)
+    if os.path.exists(ballast) or free_bytes(path) < 16 * BALLAST_BYTES:
+        return
+    try:
+        with open(ballast + ".tmp", "wb") as f:
+            f.write(b"\0" * BALLAST_BYTES)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(ballast + ".tmp", ballast)
+    except OSError as exc:
+        log.warning("could not create the ballast %s: %s", ballast, exc)
+        with contextlib.suppress(OSError):
+            os.unlink(ballast + ".tmp")
+
+
+def _base_options() -> Options:
+    """Options with `avoid_flush_during_recovery` (see the module docstring)."""
+    try:
+        with tempfile.TemporaryDirectory(prefix="dynamo-rocks-options-") as tmp:
+            with open(os.path.join(tmp, "OPTIONS-000001"), "w", encoding="ascii") as f:
+                f.write(_OPTIONS_FILE)
+            opts, _ = Options.load_latest(tmp)
+            return opts  # type: ignore[no-any-return]
+    except Exception as exc:  # e.g. no space for a temporary file
+        log.warning("recovery will flush the WAL (needs free space): %s", exc)
+        return Options(raw_mode=True)
 
 
 def direct_io_works(path: str) -> bool:
@@ -75,7 +168,7 @@ def direct_io_works(path: str) -> bool:
 
 
 def _options(direct_io: bool = False, max_open_files: int = -1) -> Options:
-    opts = Options(raw_mode=True)
+    opts = _base_options()
     # -1: no bound; else RocksDB closes the least used tables beyond it (fdbudget.py)
     opts.set_max_open_files(max_open_files)
     # a damaged WAL is never skipped silently: only an incomplete last record (a write
@@ -111,14 +204,58 @@ def _options(direct_io: bool = False, max_open_files: int = -1) -> Options:
     return opts
 
 
+def salvage_meta(path: str, keys: Sequence[bytes]) -> dict[bytes, bytes]:
+    """What can still be read of `keys` in the META family of a damaged directory
+    (read-only, every damaged WAL record skipped; nothing is written). Empty if even
+    that fails."""
+    opts = Options(raw_mode=True)
+    opts.set_wal_recovery_mode(DBRecoveryMode.skip_any_corrupted_record())
+    found: dict[bytes, bytes] = {}
+    try:
+        db: Any = Rdict(
+            path,
+            options=opts,
+            column_families={
+                f.value: Options(raw_mode=True) for f in Family if f is not Family.OBJECTS
+            },
+            access_type=AccessType.read_only(),
+        )
+    except Exception as exc:
+        log.warning("nothing salvageable in %s: %s", path, exc)
+        return found
+    try:
+        meta = db.get_column_family(Family.META.value)
+        for key in keys:
+            try:
+                value = meta.get(key)
+            except Exception as exc:
+                log.warning("%r unreadable in %s: %s", key, path, exc)
+                continue
+            if value is not None:
+                found[key] = value
+        del meta
+    finally:
+        db.close()
+    return found
+
+
 class RocksStorage:
     def __init__(self, path: str, row_cache_bytes: int = 0, max_open_files: int = -1) -> None:
         os.makedirs(path, exist_ok=True)
         self.path = path
+        marker = os.path.join(path, CORRUPTION_MARKER)
+        if os.path.exists(marker):
+            with open(marker, encoding="utf-8", errors="replace") as f:
+                recorded = f.read().strip()
+            raise StorageCorrupt(f"Corruption recorded by an earlier run in {marker}: {recorded}")
+        #: Corruption errors RocksDB reported to this process
+        self.corruptions = 0
         self.max_open_files = max_open_files
         #: flushes and compactions bypass the page cache (where the filesystem allows)
         self.direct_io = direct_io_works(path)
+        release_ballast(path)
         self._open()
+        keep_ballast(path)
         self._write_opts = WriteOptions()
         self._write_opts.sync = False
         self._closed = False
@@ -154,12 +291,39 @@ class RocksStorage:
     def failure(self) -> BaseException | None:
         return self._failed
 
+    def _damaged(self, exc: BaseException) -> BaseException:
+        """The error to raise for `exc` from RocksDB: a Corruption fails the storage for
+        good (counted, logged with the file RocksDB names, recorded in the directory)."""
+        if not is_corruption(exc):
+            return exc
+        self.corruptions += 1
+        if isinstance(self._failed, StorageCorrupt):
+            return self._failed
+        self._failed = StorageCorrupt(f"damaged data in {self.path}: {exc}")
+        log.critical(
+            "RocksDB reports damaged data: %s. Storage failed (reads and writes refused; "
+            "the other replicas serve). Recovery: stop the node and restore its volume "
+            "from a snapshot, or restart it with --on-corruption=replace (the directory "
+            "is moved aside and the node refills from its peers)",
+            exc,
+        )
+        marker = os.path.join(self.path, CORRUPTION_MARKER)
+        try:
+            with open(marker, "w", encoding="utf-8") as f:
+                stamp = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+                f.write(f"{stamp} {exc}\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as err:
+            log.error("could not record the damage in %s: %s", marker, err)
+        return self._failed
+
     def recover(self) -> None:
         """Close and reopen RocksDB (it replays its WAL), then prove a write and a WAL
         sync work; the failed writes were never acknowledged, so what they left in
         memory (the overlay, the row cache) is dropped."""
-        if self._failed is None or self._closed:
-            return
+        if self._failed is None or self._closed or isinstance(self._failed, StorageCorrupt):
+            return  # damaged data stays damaged: only a replacement or a restore helps
         with self._sync_lock:
             for it in list(self._iterators):
                 it.close()
@@ -177,6 +341,7 @@ class RocksStorage:
             probe.put(b"storage-probe", b"1", self._handles[Family.META])
             self._db.write(probe, self._write_opts)
             self._db.flush_wal(True)
+        keep_ballast(self.path)
         log.warning("storage recovered after %s: accepting writes again", self._failed)
         self._failed = None
 
@@ -206,6 +371,8 @@ class RocksStorage:
     def _check(self) -> None:
         if self._closed:
             raise Unavailable("storage is closed")
+        if isinstance(self._failed, StorageCorrupt):
+            raise StorageCorrupt(str(self._failed))
         if self._failed is not None:
             raise Unavailable(f"storage failed: {self._failed}")
 
@@ -221,11 +388,17 @@ class RocksStorage:
                 self.row_hits += 1
                 return row
             self.row_misses += 1
-            value: bytes | None = self._db.get(key)
+            try:
+                value: bytes | None = self._db.get(key)
+            except Exception as exc:
+                raise self._damaged(exc) from exc
             if value is not None:
                 self._remember(key, value)
             return value
-        value = self._cfs[family].get(key)
+        try:
+            value = self._cfs[family].get(key)
+        except Exception as exc:
+            raise self._damaged(exc) from exc
         return value
 
     # --- write grouping ------------------------------------------------------------------
@@ -246,7 +419,7 @@ class RocksStorage:
         except Exception as exc:
             # RocksDB refused a write (disk full, I/O error): nothing more is accepted
             log.exception("applying %d grouped writes failed; storage unavailable", len(ops))
-            self._failed = exc
+            self._failed = self._damaged(exc)
             for hook in self.flush_hooks:
                 hook(exc)
             return
@@ -316,7 +489,7 @@ class RocksStorage:
     ) -> Iterator[tuple[bytes, bytes]]:
         self._check()
         self.flush()
-        it = _Iter(self._cfs[family].iter(), start, end)
+        it = _Iter(self._cfs[family].iter(), start, end, self._damaged)
         self._iterators.add(it)
         return it
 
@@ -355,16 +528,28 @@ class RocksStorage:
                     del self._cfs[f]
             self._cfs.clear()
             self._rows.clear()
-            self._db.close()
+            try:
+                # rocksdict flushes the memtables first: on a full disk that fails, and
+                # the WAL (synced above) still holds every write
+                self._db.close()
+            except Exception:
+                log.exception("closing RocksDB failed (the WAL holds every write)")
             self._db = None
 
 
 class _Iter(Iterator[tuple[bytes, bytes]]):
     """A range iterator that releases the RocksDB iterator when exhausted or closed."""
 
-    def __init__(self, raw: Any, start: bytes, end: bytes | None) -> None:
+    def __init__(
+        self,
+        raw: Any,
+        start: bytes,
+        end: bytes | None,
+        damaged: Callable[[BaseException], BaseException],
+    ) -> None:
         self._raw: Any = raw
         self._end = end
+        self._damaged = damaged
         raw.seek(start)
 
     def __next__(self) -> tuple[bytes, bytes]:
@@ -372,7 +557,12 @@ class _Iter(Iterator[tuple[bytes, bytes]]):
         if raw is None:
             raise StopIteration
         if not raw.valid():
+            # the end, or an error (a damaged block): never a silently shortened scan
             self.close()
+            try:
+                raw.status()
+            except Exception as exc:
+                raise self._damaged(exc) from exc
             raise StopIteration
         key: bytes = raw.key()
         if self._end is not None and key >= self._end:

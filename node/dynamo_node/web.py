@@ -190,6 +190,22 @@ class AdminHandlers:
             return web.json_response({"forgotten": True, "node": node_id})
         return web.json_response({"staged": "leave", "node": node_id}, status=202)
 
+    async def force_remove(self, request: web.Request) -> web.Response:
+        body = await _json_body(request)
+        node_id = body.get("node")
+        if not isinstance(node_id, str) or not node_id:
+            raise InvalidRequest('expected {"node": ID}')
+        self.node.claimant.stage_remove(node_id)
+        return web.json_response({"staged": "force-remove", "node": node_id}, status=202)
+
+    async def replace(self, request: web.Request) -> web.Response:
+        body = await _json_body(request)
+        old, new = body.get("old"), body.get("new")
+        if not isinstance(old, str) or not old or not isinstance(new, str) or not new:
+            raise InvalidRequest('expected {"old": ID, "new": "HOST:PORT" or ID}')
+        new_id = await self.node.claimant.stage_replace(old, new)
+        return web.json_response({"staged": "replace", "old": old, "new": new_id}, status=202)
+
     async def plan(self, request: web.Request) -> web.Response:
         staged = self.node.claimant.current_plan()
         state = self.node.require_state()
@@ -274,6 +290,8 @@ def build_app(node: Node, metrics: Metrics | None = None) -> web.Application:
     r.add_get("/v1/admin/ring", admin.ring)
     r.add_post("/v1/admin/join", admin.join)
     r.add_post("/v1/admin/leave", admin.leave)
+    r.add_post("/v1/admin/force-remove", admin.force_remove)
+    r.add_post("/v1/admin/replace", admin.replace)
     r.add_get("/v1/admin/plan", admin.plan)
     r.add_delete("/v1/admin/plan", admin.clear)
     r.add_post("/v1/admin/commit", admin.commit)

@@ -6,7 +6,9 @@
 - `observe` (every `OperatorConfig.interval_s`, run by a `Ticker` that watch events
   start and stop, not by a Kopf timer: a timer would put Kopf's finalizer on every
   cluster): read the StatefulSet, its pods and every node's admin status, run one step
-  of `scaling.next_step`, and write `status`. The operation a step starts is written to
+  of `scaling.next_step` (or, with `spec.autoReplace` on, the replacement
+  `replacement.choose_replacement` picks: the Kubernetes Nodes are then observed too),
+  and write `status`. The operation a step starts is written to
   `status.operation` *before* the step acts, so an operator killed in between finds it
   on restart.
 - Deletion: no handler and no finalizer (the operator has no deletion work), so a
@@ -50,10 +52,12 @@ from .errors import KubeError, NodeError, SpecError
 from .kube import Kube
 from .nodes import NodeAdmin
 from .observed import (
+    HostView,
     NodeView,
     Observed,
     PodView,
     StatefulSetView,
+    volume_hosts,
 )
 from .reconcile import (
     applied_spec,
@@ -62,6 +66,8 @@ from .reconcile import (
     ensure_statefulset,
     scale_statefulset,
 )
+from .replacement import choose_replacement, claim_name
+from .ringview import ring_of
 from .scaling import (
     next_step,
     parse_request,
@@ -80,6 +86,7 @@ from .steps import (
     ChangeMembership,
     Idle,
     Operation,
+    ReplaceMember,
     RestartPod,
     RunAntiEntropy,
     ScaleStatefulSet,
@@ -317,6 +324,9 @@ async def observe(
         raise kopf.TemporaryError(str(exc), delay=svc.config.interval_s) from None
 
     step = next_step(observed)
+    replacement = choose_replacement(cluster_spec, observed, ring_of(observed), datetime.now(UTC))
+    if replacement is not None:
+        step = Step(replacement, observed.operation, step.refusal)
     if step.refusal is not None:
         before = find_condition(previous_conditions(status), DEGRADED)
         if before is None or (
@@ -347,6 +357,13 @@ async def observe(
         now=_now(),
         anti_entropy_at=anti_entropy_at,
     )
+    if isinstance(step.action, ReplaceMember):
+        new["lastReplacement"] = {
+            "pod": step.action.pod,
+            "node": step.action.host,
+            "reason": step.action.why,
+            "at": _now(),
+        }
     try:
         if new["clusterId"] is not None and new["clusterId"] != status.get("clusterId"):
             # the first formation: from now on every pod that starts knows its cluster
@@ -412,6 +429,10 @@ async def _observe(
             log.warning("%s/%s: pod %s answers as node %r", namespace, name, pod_name, node.name)
             continue
         nodes[pod_name] = node
+    hosts: dict[str, HostView] | None = None
+    volumes: dict[str, frozenset[str]] = {}
+    if spec.auto_replace.enabled and any(not pod.serving or pod.name not in nodes for pod in pods):
+        hosts, volumes = await _observe_hosts(kube, namespace, name, pods)
     observed = Observed(
         name=name,
         requested=requested,
@@ -420,8 +441,44 @@ async def _observe(
         pods=pods,
         nodes=nodes,
         operation=Operation.from_dict(status.get("operation")),
+        hosts=hosts,
+        volume_hosts=volumes,
     )
     return observed, token
+
+
+async def _observe_hosts(
+    kube: Kube, namespace: str, name: str, pods: tuple[PodView, ...]
+) -> tuple[dict[str, HostView] | None, dict[str, frozenset[str]]]:
+    """For `spec.autoReplace`, only while a pod is not ready: the Kubernetes Nodes, and
+    for each unscheduled Pending pod the hosts its volume is tied to (its PVC and, once
+    bound, its PersistentVolume). Nodes that cannot be read (no permission) are None: no
+    replacement is then decided."""
+    try:
+        objects = await kube.list_objects("Node", None, {})
+    except KubeError as exc:
+        log.warning(
+            "%s/%s: autoReplace is on but the Kubernetes Nodes cannot be read: %s",
+            namespace,
+            name,
+            exc,
+        )
+        return None, {}
+    hosts = {host.name: host for obj in objects if (host := HostView.from_object(obj))}
+    volumes: dict[str, frozenset[str]] = {}
+    for pod in pods:
+        if pod.node_name is not None or pod.unschedulable_since is None:
+            continue
+        claim = await kube.get("PersistentVolumeClaim", namespace, claim_name(pod.name))
+        bound = ((claim or {}).get("spec") or {}).get("volumeName")
+        volume = None
+        if isinstance(bound, str) and bound:
+            try:
+                volume = await kube.get("PersistentVolume", None, bound)
+            except KubeError as exc:  # no permission: the claim's annotation may still tell
+                log.warning("%s/%s: cannot read volume %s: %s", namespace, name, bound, exc)
+        volumes[pod.name] = volume_hosts(claim, volume)
+    return hosts, volumes
 
 
 async def _tls_ca(kube: Kube, namespace: str, secret: str | None) -> str | None:
@@ -487,6 +544,12 @@ async def _act(context: _Context, observed: Observed, step: Step) -> str | None:
             return await _anti_entropy(context, observed, action)
         case RestartPod():
             await svc.kube.delete("Pod", context.namespace, action.pod, uid=action.uid)
+            _event(body, action.reason, action.message)
+        case ReplaceMember():
+            await svc.kube.delete("PersistentVolumeClaim", context.namespace, action.claim)
+            await svc.kube.delete(
+                "Pod", context.namespace, action.pod, uid=action.uid, grace_period_s=0
+            )
             _event(body, action.reason, action.message)
     return None
 

@@ -3,7 +3,8 @@
 Raw JSON in and out (plain dicts, the builders' shapes): the sync `kubernetes` client
 serialises and authenticates, and every call runs in a worker thread
 (`asyncio.to_thread`) so the event loop never blocks. Only the kinds the operator owns or
-reads are known (`KINDS`). Errors: a missing object is `None` (get) or `False` (delete);
+reads are known (`KINDS`); Node and PersistentVolume are cluster-scoped (namespace None),
+read only for `spec.autoReplace`. Errors: a missing object is `None` (get) or `False` (delete);
 anything else that fails raises `KubeError` with the HTTP status.
 
 List calls filter by labels on the client side as well: the selector is sent, but the
@@ -42,9 +43,17 @@ class Kind:
 
     prefix: str
     plural: str
+    namespaced: bool = True
 
-    def path(self, namespace: str, name: str | None = None, subresource: str | None = None) -> str:
-        path = f"/{self.prefix}/namespaces/{quote(namespace, safe='')}/{self.plural}"
+    def path(
+        self, namespace: str | None, name: str | None = None, subresource: str | None = None
+    ) -> str:
+        if self.namespaced != (namespace is not None):
+            scope = "namespaced" if self.namespaced else "cluster-scoped"
+            raise ValueError(f"{self.plural} is {scope}: namespace {namespace!r}")
+        path = f"/{self.prefix}/{self.plural}"
+        if namespace is not None:
+            path = f"/{self.prefix}/namespaces/{quote(namespace, safe='')}/{self.plural}"
         if name is not None:
             path += f"/{quote(name, safe='')}"
         if subresource is not None:
@@ -57,6 +66,9 @@ KINDS: dict[str, Kind] = {
     "Secret": Kind("api/v1", "secrets"),
     "Service": Kind("api/v1", "services"),
     "Pod": Kind("api/v1", "pods"),
+    "PersistentVolumeClaim": Kind("api/v1", "persistentvolumeclaims"),
+    "PersistentVolume": Kind("api/v1", "persistentvolumes", namespaced=False),
+    "Node": Kind("api/v1", "nodes", namespaced=False),
     "StatefulSet": Kind("apis/apps/v1", "statefulsets"),
     "PodDisruptionBudget": Kind("apis/policy/v1", "poddisruptionbudgets"),
     "DynamoCluster": Kind(f"apis/{API_VERSION}", "dynamoclusters"),
@@ -161,12 +173,12 @@ class Kube:
 
     # --- verbs --------------------------------------------------------------------------
 
-    async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+    async def get(self, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
         payload = await self._request("GET", _kind(kind).path(namespace, name), missing_ok=True)
         return cast(dict[str, Any], payload) if isinstance(payload, dict) else None
 
     async def list_objects(
-        self, kind: str, namespace: str, selector: Mapping[str, str]
+        self, kind: str, namespace: str | None, selector: Mapping[str, str]
     ) -> list[dict[str, Any]]:
         label_selector = ",".join(f"{key}={value}" for key, value in sorted(selector.items()))
         payload = await self._request(
@@ -207,11 +219,23 @@ class Kube:
         )
         return cast(dict[str, Any], payload) if isinstance(payload, dict) else {}
 
-    async def delete(self, kind: str, namespace: str, name: str, *, uid: str | None = None) -> bool:
-        """Delete; with `uid`, only that incarnation of the object. False if absent."""
+    async def delete(
+        self,
+        kind: str,
+        namespace: str,
+        name: str,
+        *,
+        uid: str | None = None,
+        grace_period_s: int | None = None,
+    ) -> bool:
+        """Delete; with `uid`, only that incarnation of the object; `grace_period_s=0`
+        removes a pod at once (its kubelet is gone and would never confirm). False if
+        absent."""
         body: dict[str, Any] = {"kind": "DeleteOptions", "apiVersion": "v1"}
         if uid:
             body["preconditions"] = {"uid": uid}
+        if grace_period_s is not None:
+            body["gracePeriodSeconds"] = grace_period_s
         payload = await self._request(
             "DELETE", _kind(kind).path(namespace, name), body=body, missing_ok=True
         )

@@ -3,7 +3,10 @@
 Three sources, each parsed defensively from the JSON the APIs return:
 - `StatefulSetView`: the StatefulSet's replica count and its controller's progress
   (`update_revision` only once the controller has observed the current generation);
-- `PodView`: one pod of the StatefulSet: ordinal, uid, readiness, template revision;
+- `PodView`: one pod of the StatefulSet: ordinal, uid, readiness, template revision,
+  and where it runs: phase, Kubernetes node, since when it is not ready / unschedulable;
+- `HostView`: one Kubernetes Node (read only with `spec.autoReplace` on): its name,
+  hostname label and Ready condition;
 - `NodeView`: one node's `GET /v1/admin/status` (DESIGN §5): its own membership state,
   ring version, transfers, hints and the members as it sees them;
 
@@ -19,7 +22,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .steps import Operation
@@ -85,6 +88,15 @@ class StatefulSetView:
         )
 
 
+def _condition(conditions: object, kind: str) -> Mapping[str, Any]:
+    """The condition of this type in a `status.conditions` list ({} if absent)."""
+    if isinstance(conditions, list):
+        for item in conditions:
+            if isinstance(item, Mapping) and item.get("type") == kind:
+                return item
+    return {}
+
+
 @dataclass(frozen=True, slots=True)
 class PodView:
     """One pod of the StatefulSet."""
@@ -95,6 +107,13 @@ class PodView:
     ready: bool
     terminating: bool
     revision: str | None
+    phase: str | None = None
+    #: the Kubernetes node it is bound to (None while not scheduled)
+    node_name: str | None = None
+    #: lastTransitionTime of its Ready condition while that is not True (RFC 3339)
+    unready_since: str | None = None
+    #: lastTransitionTime of PodScheduled while False with reason Unschedulable
+    unschedulable_since: str | None = None
 
     @property
     def serving(self) -> bool:
@@ -110,9 +129,11 @@ class PodView:
         if ordinal is None:
             return None
         conditions = status.get("conditions")
-        ready = isinstance(conditions, list) and any(
-            isinstance(c, Mapping) and c.get("type") == "Ready" and c.get("status") == "True"
-            for c in conditions
+        ready_condition = _condition(conditions, "Ready")
+        ready = ready_condition.get("status") == "True"
+        scheduled = _condition(conditions, "PodScheduled")
+        unschedulable = scheduled.get("status") == "False" and (
+            scheduled.get("reason") == "Unschedulable"
         )
         revision = _mapping(meta.get("labels")).get(REVISION_LABEL)
         return cls(
@@ -122,7 +143,70 @@ class PodView:
             ready=ready,
             terminating=bool(meta.get("deletionTimestamp")),
             revision=str(revision) if revision else None,
+            phase=_str_or_none(status.get("phase")),
+            node_name=_str_or_none(_mapping(obj.get("spec")).get("nodeName")),
+            unready_since=(
+                None if ready else _str_or_none(ready_condition.get("lastTransitionTime"))
+            ),
+            unschedulable_since=(
+                _str_or_none(scheduled.get("lastTransitionTime")) if unschedulable else None
+            ),
         )
+
+
+#: the label every Node carries with its host name (a local volume's node affinity uses it)
+HOSTNAME_LABEL = "kubernetes.io/hostname"
+#: the annotation the scheduler puts on a claim it provisions for one node
+SELECTED_NODE_ANNOTATION = "volume.kubernetes.io/selected-node"
+
+
+@dataclass(frozen=True, slots=True)
+class HostView:
+    """A Kubernetes Node (a "host", apart from the dynamo nodes)."""
+
+    name: str
+    hostname: str | None
+    ready: bool
+    #: lastTransitionTime of its Ready condition (RFC 3339), if reported
+    ready_since: str | None
+
+    @classmethod
+    def from_object(cls, obj: Mapping[str, Any]) -> HostView | None:
+        meta = _mapping(obj.get("metadata"))
+        name = _str_or_none(meta.get("name"))
+        if name is None:
+            return None
+        condition = _condition(_mapping(obj.get("status")).get("conditions"), "Ready")
+        return cls(
+            name=name,
+            hostname=_str_or_none(_mapping(meta.get("labels")).get(HOSTNAME_LABEL)),
+            ready=condition.get("status") == "True",
+            ready_since=_str_or_none(condition.get("lastTransitionTime")),
+        )
+
+
+def volume_hosts(
+    claim: Mapping[str, Any] | None, volume: Mapping[str, Any] | None
+) -> frozenset[str]:
+    """The hosts a pod's volume is tied to: the host names in its PersistentVolume's
+    required node affinity (`kubernetes.io/hostname In [...]`, as local volumes have),
+    and the node its claim was provisioned for (annotation
+    `volume.kubernetes.io/selected-node`). Empty for a volume reachable from anywhere."""
+    found: set[str] = set()
+    selected = _mapping(_mapping((claim or {}).get("metadata")).get("annotations")).get(
+        SELECTED_NODE_ANNOTATION
+    )
+    if isinstance(selected, str) and selected:
+        found.add(selected)
+    required = _mapping(
+        _mapping(_mapping((volume or {}).get("spec")).get("nodeAffinity")).get("required")
+    )
+    for term in required.get("nodeSelectorTerms") or ():
+        for item in _mapping(term).get("matchExpressions") or ():
+            expression = _mapping(item)
+            if expression.get("key") == HOSTNAME_LABEL and expression.get("operator") == "In":
+                found.update(str(v) for v in expression.get("values") or () if v)
+    return frozenset(found)
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +292,11 @@ class Observed:
     #: own admin status of every node that answered, by pod name
     nodes: Mapping[str, NodeView]
     operation: Operation | None
+    #: the Kubernetes Nodes by name; None when not observed (autoReplace off, or no
+    #: permission): then no decision may rest on a node being gone
+    hosts: Mapping[str, HostView] | None = None
+    #: for an unscheduled pod, the hosts its volume is tied to (`volume_hosts`), by pod
+    volume_hosts: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
     def ordinal(self, name: str) -> int | None:
         return pod_ordinal(name, self.name)

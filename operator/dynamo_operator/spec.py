@@ -50,7 +50,9 @@ MAX_PARTITIONS = 65536
 DEFAULT_STORAGE_SIZE = "1Gi"
 DEFAULT_ANTI_ENTROPY_INTERVAL = "10m"
 MIN_ANTI_ENTROPY_INTERVAL_S = 1.0
-MAX_STRING = 32  # maxLength of storage.size and antiEntropy.interval
+DEFAULT_AUTO_REPLACE_AFTER = "10m"
+MIN_AUTO_REPLACE_AFTER_S = 60.0
+MAX_STRING = 32  # maxLength of storage.size, antiEntropy.interval and autoReplace.after
 #: pods are NAME-ORDINAL, the peer Service NAME-peers (a DNS-1035 label), and the
 #: StatefulSet's controller-revision-hash label NAME-HASH must fit in 63 characters
 MAX_NAME_LENGTH = 52
@@ -103,6 +105,19 @@ class PvcRetention:
 
 
 @dataclass(frozen=True, slots=True)
+class AutoReplace:
+    """Opt-in automatic replacement of a member whose Kubernetes node is gone: see
+    `replacement.choose_replacement` and the CRD's autoReplace description."""
+
+    enabled: bool = False
+    after: str = DEFAULT_AUTO_REPLACE_AFTER
+
+    @property
+    def after_s(self) -> float:
+        return parse_duration(self.after, "spec.autoReplace.after")
+
+
+@dataclass(frozen=True, slots=True)
 class ClusterSpec:
     """A valid, fully defaulted DynamoCluster spec.
 
@@ -130,6 +145,7 @@ class ClusterSpec:
     pvc_retention: PvcRetention = PvcRetention()
     lww: bool = False
     durability: Durability = "wal"
+    auto_replace: AutoReplace = AutoReplace()
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -155,6 +171,7 @@ def parse_spec(spec: Mapping[str, Any] | None) -> ClusterSpec:
     replication = top.object("replication")
     storage = top.object("storage")
     anti_entropy = top.object("antiEntropy")
+    auto_replace = top.object("autoReplace")
     retention = top.object("pvcRetention")
     auth = top.object("auth")
     tls = top.object("tls")
@@ -204,6 +221,10 @@ def parse_spec(spec: Mapping[str, Any] | None) -> ClusterSpec:
         ),
         lww=top.boolean("lww", False),
         durability=top.enum("durability", DURABILITIES, "wal"),
+        auto_replace=AutoReplace(
+            enabled=auto_replace.boolean("enabled", False),
+            after=auto_replace.string("after", DEFAULT_AUTO_REPLACE_AFTER, max_length=MAX_STRING),
+        ),
     )
 
 
@@ -279,6 +300,8 @@ def _validate(spec: ClusterSpec) -> None:
     interval = spec.anti_entropy_interval_s
     if interval < MIN_ANTI_ENTROPY_INTERVAL_S:
         raise SpecError("spec.antiEntropy.interval", "antiEntropy.interval must be at least 1s")
+    if spec.auto_replace.after_s < MIN_AUTO_REPLACE_AFTER_S:
+        raise SpecError("spec.autoReplace.after", "autoReplace.after must be at least 1m")
 
 
 def _resources(value: JsonObject | None, where: str) -> JsonObject | None:

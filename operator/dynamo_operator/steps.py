@@ -27,6 +27,7 @@ REASON_PAUSING = "Pausing"
 REASON_MEMBERSHIP = "MembershipChange"
 REASON_ANTI_ENTROPY = "AntiEntropy"
 REASON_RESTARTING = "RestartingPod"
+REASON_REPLACING_MEMBER = "ReplacingMember"
 REASON_STABLE = "Stable"
 REASON_PAUSED = "Paused"
 
@@ -146,6 +147,23 @@ class RestartPod:
 
 
 @dataclass(frozen=True, slots=True)
+class ReplaceMember:
+    """Delete this pod's claim, then the pod (uid as a precondition, no grace period:
+    its Kubernetes node is gone), so the StatefulSet re-creates it with an empty volume
+    and the node refills itself from its peers (`replacement.choose_replacement`)."""
+
+    pod: str
+    uid: str
+    claim: str
+    #: the Kubernetes node that is gone (the pod's, or the one its volume is tied to)
+    host: str
+    #: why it qualifies (one sentence)
+    why: str
+    message: str
+    reason: str = REASON_REPLACING_MEMBER
+
+
+@dataclass(frozen=True, slots=True)
 class Idle:
     """The cluster is as asked."""
 
@@ -153,7 +171,9 @@ class Idle:
     reason: str = REASON_STABLE
 
 
-Action = Wait | ScaleStatefulSet | ChangeMembership | RunAntiEntropy | RestartPod | Idle
+Action = (
+    Wait | ScaleStatefulSet | ChangeMembership | RunAntiEntropy | RestartPod | ReplaceMember | Idle
+)
 
 
 @dataclass(frozen=True, slots=True)

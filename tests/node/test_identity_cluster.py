@@ -5,61 +5,13 @@ another cluster is refused (node.py, gossiper.py)."""
 from __future__ import annotations
 
 import shutil
-import threading
 from pathlib import Path
 
 import pytest
 
-from tests.harness import Cluster, NodeProc, wait_for
+from tests.harness import Cluster, NodeProc, Writers, unreadable, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
-
-
-class Writers:
-    """New keys written through every node in turn (W=2) from a few threads, while a
-    failure happens; records what was acknowledged."""
-
-    def __init__(self, c: Cluster, nodes: list[NodeProc], prefix: str, threads: int = 3) -> None:
-        self.c, self.nodes, self.prefix = c, nodes, prefix
-        self.acked: list[str] = []
-        self.failed = 0
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(t,)) for t in range(threads)]
-
-    def _run(self, t: int) -> None:
-        i = 0
-        while not self._stop.is_set():
-            key = f"{self.prefix}{t}-{i}"
-            node = self.nodes[i % len(self.nodes)]
-            try:
-                status = self.c.put(node, key, key.encode(), query="?timeout_ms=2000")[0]
-            except OSError:  # the node is down: not acknowledged
-                status = 0
-            with self._lock:
-                if status == 204:
-                    self.acked.append(key)
-                else:
-                    self.failed += 1
-            i += 1
-
-    def __enter__(self) -> Writers:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(20)
-
-
-def unreadable(c: Cluster, node: NodeProc, keys: list[str], r: str = "all") -> list[str]:
-    return [
-        key
-        for key in keys
-        if (reply := c.get(node, key, f"?r={r}"))[0] != 200 or reply[2] != key.encode()
-    ]
 
 
 def cluster_ids(c: Cluster, nodes: list[NodeProc]) -> set[str | None]:
@@ -84,40 +36,47 @@ def test_a_node_told_its_cluster_never_founds_one(procs: Cluster) -> None:
     assert "has not joined a cluster" in body.decode()
 
 
-def test_wiped_node0_rejoins_its_cluster_and_loses_no_acknowledged_write(
-    procs: Cluster,
+@pytest.mark.parametrize("index", [0, 2], ids=["node0-the-seed", "node2"])
+def test_a_wiped_node_rejoins_its_cluster_and_loses_no_acknowledged_write(
+    procs: Cluster, index: int
 ) -> None:
     nodes = procs.form(3)
-    n0 = nodes[0]
+    wiped = nodes[index]
     (cluster,) = cluster_ids(procs, nodes)
     assert cluster
     before = [f"before-{i}" for i in range(300)]
     for key in before:
         assert procs.put(nodes[1], key, key.encode(), query="?w=all")[0] == 204
-    # node 0, the founder and everybody's seed, loses its volume and comes back with the
-    # cluster id the operator (or `dynamoctl local`) gives it
+    # the node (node 0 is the founder and everybody's seed) loses its volume and comes
+    # back with the cluster id the operator (or `dynamoctl local`) gives it, while
+    # writers keep writing through every node
     with Writers(procs, nodes, "during-") as writers:
-        procs.kill(n0)
-        wipe(n0)
-        with_cluster_id(n0, cluster)
-        procs.start(n0)
+        procs.kill(wiped)
+        wipe(wiped)
+        with_cluster_id(wiped, cluster)
+        procs.start(wiped)
         seen: set[str | None] = set()
 
         def rejoined() -> bool:
             seen.update(cluster_ids(procs, nodes))
-            return procs.request(n0, "GET", "/readyz")[0] == 200
+            return procs.request(wiped, "GET", "/readyz")[0] == 200
 
-        wait_for(rejoined, 30, interval=0.1, what="node 0 to learn its cluster's ring")
+        wait_for(rejoined, 60, interval=0.1, what="the wiped node to learn its ring")
         wait_for(lambda: len(writers.acked) > 200, 30, what="writes acknowledged meanwhile")
-    assert seen == {cluster, None}, seen  # None: node 0 before it learned the ring
+    # None: the wiped node before it learned the ring; never a second cluster id
+    assert seen <= {cluster, None} and cluster in seen, seen
     assert cluster_ids(procs, nodes) == {cluster}
     procs.wait_converged(nodes)
-    assert procs.status(n0)["foreign_cluster"] is None
-    # node 0 is a member again, with the partitions it had; anti-entropy refills it
-    job = procs.anti_entropy(n0)
+    assert procs.status(wiped)["foreign_cluster"] is None
+    # the node is a member again, with the partitions it had; anti-entropy refills it
+    job = procs.anti_entropy(wiped)
     assert job["state"] == "done", job
-    lost = unreadable(procs, nodes[2], before + writers.acked)
+    reader = nodes[(index + 1) % 3]
+    lost = unreadable(procs, reader, before + writers.acked)
     assert not lost, f"{len(lost)} of {len(before) + len(writers.acked)} lost: {lost[:5]}"
+    # and the wiped node itself answers every key (its own replica, refilled)
+    lost = unreadable(procs, wiped, before + writers.acked, r="1")
+    assert not lost, f"{len(lost)} unreadable through the wiped node: {lost[:5]}"
 
 
 def test_saved_state_of_another_cluster_is_refused_at_start(procs: Cluster) -> None:

@@ -51,3 +51,32 @@ def test_row_cache_flag_rejects_bad_sizes(bad: str, capsys: pytest.CaptureFixtur
     with pytest.raises(SystemExit):
         parse_args(["--data-dir", "/tmp/x", "--port", "7070", "--row-cache-bytes", bad])
     assert "--row-cache-bytes" in capsys.readouterr().err
+
+
+def test_on_corruption_flag_and_env(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> None:
+    args = ["--data-dir", "/tmp/x", "--port", "7070"]
+    monkeypatch.delenv("DYNAMO_ON_CORRUPTION", raising=False)
+    assert build_config(parse_args(args)).on_corruption == "refuse"
+    flag = [*args, "--on-corruption", "replace"]
+    assert build_config(parse_args(flag)).on_corruption == "replace"
+    monkeypatch.setenv("DYNAMO_ON_CORRUPTION", "replace")
+    assert build_config(parse_args(args)).on_corruption == "replace"
+    with pytest.raises(SystemExit):
+        parse_args([*args, "--on-corruption", "delete"])
+
+
+def test_move_aside_renames_beside_and_keeps_everything(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from dynamo_node.main import move_aside
+
+    root = Path(str(tmp_path))
+    data = root / "data"
+    data.mkdir()
+    (data / "000004.log").write_bytes(b"wal")
+    link = root / "link"
+    link.symlink_to(data)  # a data dir that is a symlink: the target moves
+    aside = Path(move_aside(str(link)))
+    assert aside.parent == root and aside.name.startswith("data.corrupt-")
+    assert (aside / "000004.log").read_bytes() == b"wal"
+    assert data.is_dir() and not list(data.iterdir())

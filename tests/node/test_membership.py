@@ -589,3 +589,79 @@ def test_the_replacing_flag_travels_only_when_set() -> None:
     assert base.merge(newer).members["a"].replacing
     cleared = newer.with_member(replace(newer.members["a"], replacing=False))
     assert not newer.merge(cleared).members["a"].replacing
+
+
+# --- force-remove and replace (a member gone for good) ---------------------------------------
+
+
+def test_force_remove_rebuilds_from_survivors_and_never_sources_the_dead_node() -> None:
+    state = joined("b", "c", "d")
+    staged = plan(state, [], [], removes=["d"])
+    assert staged.removed == {"d"} and "d" not in staged.ring.nodes()
+    assert staged.transfers, "d's partitions must move somewhere"
+    for t in staged.transfers:
+        assert t.source != "d"
+        before = state.ring.preference_list(t.partition, N)
+        assert t.rebuild == ("d" in before)
+    assert staged.to_dict()["removes"] == ["d"]
+    new = commit(state, staged, "a")
+    assert new.removed == {"d"} and new.members["d"].status == "leaving"
+    assert all(t.source != "d" for t in new.pending_transfers())
+    done = finish(new)
+    assert done.members["d"].status == "left" and done.removed == frozenset()
+    assert "d" not in done.ring.nodes()
+    # the rebuilt partitions' new replicas hold every partition d replicated
+    for p in range(Q):
+        assert "d" not in done.preference_list(p)
+
+
+def test_replace_gives_the_new_node_exactly_the_old_nodes_partitions() -> None:
+    state = joined("b", "c", "d")
+    state = state.with_member(member("e"))
+    staged = plan(state, [], [], replaces={"c": "e"})
+    assert staged.removed == {"c"}
+    assert staged.ring.owned_by("e") == state.ring.owned_by("c")
+    for p in range(Q):
+        before = state.ring.preference_list(p, N)
+        assert staged.ring.preference_list(p, N) == [("e" if x == "c" else x) for x in before]
+    assert {t.target for t in staged.transfers} == {"e"}
+    assert all(t.rebuild and t.source != "c" for t in staged.transfers)
+    assert len(staged.transfers) == len(state.replicas_of("c"))
+    new = commit(state, staged, "a")
+    assert new.members["e"].status == "valid" and new.members["c"].status == "leaving"
+    done = finish(new)
+    assert done.members["c"].status == "left" and "c" not in done.ring.nodes()
+    assert done.ring.owned_by("e") == state.ring.owned_by("c")
+
+
+def test_removed_survives_the_wire_and_merge_and_is_absent_when_empty() -> None:
+    state = joined("b", "c", "d")
+    plain = state.to_wire()
+    assert "removed" not in plain  # what nodes of the previous release read
+    new = commit(state, plan(state, [], [], removes=["b"]), "a")
+    wire = msgpack.unpackb(msgpack.packb(new.to_wire()), raw=False)
+    back = ClusterState.from_wire(wire)
+    assert back == new and back.removed == {"b"}
+    assert state.merge(new).removed == {"b"} and new.merge(state).removed == {"b"}
+    with pytest.raises(ValueError):
+        ClusterState.from_wire({**wire, "removed": "b"})
+
+
+def test_remove_and_replace_plan_errors() -> None:
+    state = joined("b", "c")
+    state = state.with_member(member("e"))
+    with pytest.raises(PlanError, match="owns nothing"):
+        plan(state, [], [], removes=["e"])
+    with pytest.raises(PlanError, match="only once"):
+        plan(state, [], ["b"], removes=["b"])
+    with pytest.raises(PlanError, match="already has a place"):
+        plan(state, [], [], replaces={"b": "c"})
+    with pytest.raises(PlanError, match="unknown node"):
+        plan(state, [], [], replaces={"b": "zz"})
+    # with N=3 on three nodes every partition lives on all three: two can go, not three
+    plan(state, [], [], removes=["b", "c"])
+    with pytest.raises(PlanError, match="every node"):
+        plan(state, [], [], removes=["a", "b", "c"])
+    # with N=1 each partition has one replica: removing its node loses it
+    with pytest.raises(PlanError, match="lose every replica"):
+        plan(replace(joined("b"), n=1), [], [], removes=["b"])

@@ -627,3 +627,92 @@ def test_row_cache_follows_writes_and_stays_bounded(tmp_path: Path) -> None:
     put(s, Family.OBJECTS, b"huge", b"x" * 8192)  # over 1/64 of the cache: not cached
     assert b"huge" not in s._rows and s.get(Family.OBJECTS, b"huge") == b"x" * 8192
     s.close()
+
+
+# --- damaged table files (real RocksDB directories) -----------------------------------
+def _damaged_table(path: Path, keys: int = 20000) -> list[bytes]:
+    """A directory whose one table file has 512 bytes overwritten in a data block (a
+    quarter in: the index and filter blocks are at the end, checked at open)."""
+    s = RocksStorage(str(path))
+    names = [b"k%06d" % i for i in range(keys)]
+    for name in names:
+        s.write([(Family.OBJECTS, name, name * 10)])
+    s._db.flush()
+    s.close()
+    (table,) = [p for p in path.glob("*.sst") if p.stat().st_size > 1 << 20]
+    with open(table, "r+b") as f:
+        f.seek(table.stat().st_size // 4)
+        f.write(os.urandom(512))
+    return names
+
+
+def test_a_damaged_table_block_fails_reads_and_is_never_not_found(tmp_path: Path) -> None:
+    from dynamo_node.errors import StorageCorrupt
+    from dynamo_node.storage_rocks import CORRUPTION_MARKER
+
+    path = tmp_path / "db"
+    names = _damaged_table(path)
+    s = RocksStorage(str(path))  # the open checks index and filter blocks only
+    outcomes = {"ok": 0, "corrupt": 0}
+    for name in names:
+        try:
+            value = s.get(Family.OBJECTS, name)
+        except StorageCorrupt as exc:
+            outcomes["corrupt"] += 1
+            assert ".sst" in str(exc), exc  # RocksDB names the file
+            continue
+        assert value == name * 10, name  # never None, never other bytes
+        outcomes["ok"] += 1
+    assert outcomes["corrupt"] > 0 and outcomes["ok"] > 0, outcomes
+    assert isinstance(s.failure, StorageCorrupt)
+    assert s.corruptions == 1
+    s.recover()  # a reopen cannot mend damaged data: it stays failed
+    assert isinstance(s.failure, StorageCorrupt)
+    with pytest.raises(StorageCorrupt):
+        s.write([(Family.OBJECTS, b"x", b"y")])
+    s.close()
+    marker = path / CORRUPTION_MARKER
+    assert ".sst" in marker.read_text()
+    with pytest.raises(StorageCorrupt, match="Corruption recorded"):
+        RocksStorage(str(path))  # the next start refuses it too
+
+
+def test_a_scan_over_a_damaged_table_block_raises_instead_of_stopping(tmp_path: Path) -> None:
+    from dynamo_node.errors import StorageCorrupt
+
+    path = tmp_path / "db"
+    names = _damaged_table(path)
+    s = RocksStorage(str(path))
+    seen = 0
+    with pytest.raises(StorageCorrupt):
+        for _ in s.iter_range(Family.OBJECTS):
+            seen += 1
+    assert 0 < seen < len(names)
+    assert isinstance(s.failure, StorageCorrupt) and s.corruptions == 1
+    s.close()
+
+
+def test_a_reopen_keeps_the_wal_instead_of_writing_a_table(tmp_path: Path) -> None:
+    """avoid_flush_during_recovery: replaying the WAL writes no table file (a start on
+    a full disk would otherwise need about the WAL's size free)."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "db"
+    script = (
+        "import os, sys\n"
+        "from dynamo_node.storage import Family\n"
+        "from dynamo_node.storage_rocks import RocksStorage\n"
+        "s = RocksStorage(sys.argv[1])\n"
+        "s.write([(Family.OBJECTS, b'k%04d' % i, b'v' * 1000) for i in range(2000)])\n"
+        "s.sync_wal()\n"
+        "os._exit(0)\n"  # like kill -9: nothing flushed at close
+    )
+    subprocess.run([sys.executable, "-c", script, str(path)], check=True, timeout=60)
+    assert not list(path.glob("*.sst"))
+    again = RocksStorage(str(path))
+    assert not list(path.glob("*.sst")), sorted(p.name for p in path.iterdir())
+    assert again.get(Family.OBJECTS, b"k1999") == b"v" * 1000
+    again._db.flush()  # a normal flush still writes tables
+    assert list(path.glob("*.sst"))
+    again.close()

@@ -17,7 +17,11 @@ Three parts (DESIGN §7):
   each pod a StatefulSet should have (`<name>-0..replicas-1`) it creates the Pod
   (labelled with the template's revision) and starts a real `dynamo-node` (node id =
   pod name, seed = pod-0's address, config from the ConfigMap, tokens from the Secret the
-  template names), marks it Ready once `/readyz` answers, restarts a pod whose object was
+  template names), marks it Ready once `/readyz` answers, schedules every new pod onto a
+  Kubernetes Node of its own (a Node object `host-<n>`, created for it) with a claim
+  `data-<pod>` (a PVC object: a pod created while its claim is missing gets a fresh,
+  empty data directory), stops a pod whose Node object is deleted (its machine is gone:
+  the pod stays, not Ready, and is not restarted there), restarts a pod whose object was
   deleted (OnDelete upgrades), and on scale-down deletes the pod, stops its process and
   drops its data directory when the PVC retention says Delete (`whenScaled`; and
   `whenDeleted` once the StatefulSet itself is gone). It also plays the garbage
@@ -92,11 +96,12 @@ CORE_RESOURCES: dict[str, tuple[str, set[str]]] = {
     "v1/secrets": ("Secret", set()),
     "v1/events": ("Event", set()),
     "v1/persistentvolumeclaims": ("PersistentVolumeClaim", {"status"}),
+    "v1/nodes": ("Node", {"status"}),
     "apps/v1/statefulsets": ("StatefulSet", {"status", "scale"}),
     "policy/v1/poddisruptionbudgets": ("PodDisruptionBudget", {"status"}),
     "events.k8s.io/v1/events": ("Event", set()),
 }
-CLUSTER_SCOPED = {"v1/namespaces"}
+CLUSTER_SCOPED = {"v1/namespaces", "v1/nodes"}
 CRD_RESOURCE = "apiextensions.k8s.io/v1/customresourcedefinitions"
 DYNAMO_RESOURCE = "dynamokv.io/v1alpha1/dynamoclusters"
 VERBS = {"create", "delete", "get", "list", "patch", "update", "watch"}
@@ -447,6 +452,8 @@ class Kubelet:
     max_unready: int = 0
     #: StatefulSet name -> its PVC retention `whenDeleted`, as last seen
     claims_when_deleted: dict[str, str] = field(default_factory=dict)
+    #: Node objects created so far (one per pod incarnation)
+    hosts_created: int = 0
     _task: asyncio.Task[None] | None = None
     _failure: BaseException | None = None
 
@@ -507,6 +514,14 @@ class Kubelet:
 
     def object(self, resource: str, name: str) -> dict[str, Any] | None:
         return next((o for o in self.objects(resource) if o["metadata"]["name"] == name), None)
+
+    def host_names(self) -> set[str]:
+        """The Node objects that exist (cluster-scoped)."""
+        return {
+            name
+            for (res, _ns, name), obj in list(self.emulator.objects.items())
+            if res.plural == "nodes" and not res.group and not obj.deleted
+        }
 
     async def collect_garbage(self) -> None:
         """Kubernetes' garbage collector with background propagation: delete every object
@@ -579,11 +594,18 @@ class Kubelet:
         self.claims_when_deleted[name] = (
             spec.get("persistentVolumeClaimRetentionPolicy") or {}
         ).get("whenDeleted", "Retain")
+        hosts = self.host_names()
         for ordinal in range(replicas):
             pod = pod_name(name, ordinal)
             obj = mine.get(pod)
             if obj is None:
                 obj = await self._create_pod(sts, ordinal, revision)
+            if (obj.get("spec") or {}).get("nodeName") not in hosts:
+                # its machine is gone: so is the process, and nothing restarts it there
+                if pod in self.running:
+                    await self._stop(self.running.pop(pod))
+                    await self._set_ready(pod, False)
+                continue
             process = self.running.get(pod)
             if process is None or not process.alive():
                 if process is not None:  # crashed: the kubelet restarts the container
@@ -632,6 +654,30 @@ class Kubelet:
     async def _create_pod(self, sts: dict[str, Any], ordinal: int, revision: str) -> dict[str, Any]:
         name = sts["metadata"]["name"]
         pod = pod_name(name, ordinal)
+        claim = f"data-{pod}"
+        if self.object("v1/persistentvolumeclaims", claim) is None:
+            shutil.rmtree(self.data_dir(pod), ignore_errors=True)  # a fresh volume
+            body = {
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "metadata": {"name": claim, "namespace": self.namespace},
+                "spec": {"accessModes": ["ReadWriteOnce"]},
+            }
+            path = f"/api/v1/namespaces/{self.namespace}/persistentvolumeclaims"
+            async with self.api.post(path, json=body) as resp:
+                assert resp.status < 300, await resp.text()
+        self.hosts_created += 1
+        host = f"host-{self.hosts_created}"
+        node = {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": host, "labels": {"kubernetes.io/hostname": host}},
+            "status": {
+                "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": _now()}]
+            },
+        }
+        async with self.api.post("/api/v1/nodes", json=node) as resp:
+            assert resp.status < 300, await resp.text()
         template = copy.deepcopy(sts["spec"]["template"])
         meta = template.get("metadata", {})
         body = {
@@ -662,6 +708,7 @@ class Kubelet:
                 **template.get("spec", {}),
                 "hostname": pod,
                 "subdomain": sts["spec"].get("serviceName"),
+                "nodeName": host,
             },
         }
         async with self.api.post(f"/api/v1/namespaces/{self.namespace}/pods", json=body) as resp:
@@ -678,7 +725,13 @@ class Kubelet:
         status = {
             "phase": "Running" if ready else "Pending",
             "podIP": "127.0.0.1",
-            "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+            "conditions": [
+                {
+                    "type": "Ready",
+                    "status": "True" if ready else "False",
+                    "lastTransitionTime": _now(),
+                }
+            ],
         }
         await self._patch(
             f"/api/v1/namespaces/{self.namespace}/pods/{pod}/status", {"status": status}

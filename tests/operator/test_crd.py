@@ -266,6 +266,15 @@ RULE_CASES: dict[str, list[tuple[Any, Any, bool]]] = {
         ("0s", None, False),
         ("0.5s", None, False),
     ],
+    "autoReplace.after must be at least 1m": [
+        ("10m", None, True),
+        ("1m", None, True),
+        ("60s", None, True),
+        ("1h", None, True),
+        ("59s", None, False),
+        ("0.5m", None, False),
+        ("59999ms", None, False),
+    ],
 }
 
 
@@ -300,6 +309,7 @@ ACCEPTED = [
     {"partitions": 65536},
     {"storage": {"size": "500Mi", "storageClassName": "standard"}},
     {"antiEntropy": {"interval": "1h30m"}},
+    {"autoReplace": {"enabled": True, "after": "30m"}},
     {"podAntiAffinity": "required", "durability": "sync", "lww": True},
     {"resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": 2}}},
     {"tolerations": [{"key": "k", "operator": "Exists"}], "nodeSelector": {"disk": "ssd"}},
@@ -320,6 +330,8 @@ REJECTED: list[tuple[dict[str, Any], str]] = [
     ({"storage": {"size": "lots"}}, "does not match"),
     ({"antiEntropy": {"interval": "500ms"}}, "antiEntropy.interval must be at least 1s"),
     ({"antiEntropy": {"interval": "10 minutes"}}, "does not match"),
+    ({"autoReplace": {"after": "30s"}}, "autoReplace.after must be at least 1m"),
+    ({"autoReplace": {"enabled": "yes"}}, "is not of type"),
     ({"podAntiAffinity": "sometimes"}, "is not one of"),
     ({"pvcRetention": {"whenScaled": "Keep"}}, "is not one of"),
     ({"durability": "fsync"}, "is not one of"),
@@ -366,6 +378,7 @@ UPDATES: list[tuple[dict[str, Any], dict[str, Any], str | None]] = [
     ({}, {"replication": {"r": 3, "w": 1}}, None),
     ({}, {"image": "dynamokv/node:0.2.0"}, None),
     ({}, {"antiEntropy": {"interval": "1h"}}, None),
+    ({}, {"autoReplace": {"enabled": True}}, None),
     ({}, {"replicas": 0}, None),
     ({}, {"partitions": 256}, None),  # explicit default: no change
     ({}, {"partitions": 512}, "partitions is immutable"),

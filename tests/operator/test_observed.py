@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from dynamo_operator.observed import MemberView, NodeView, PodView, StatefulSetView, pod_ordinal
+from dynamo_operator.observed import (
+    HostView,
+    MemberView,
+    NodeView,
+    PodView,
+    StatefulSetView,
+    pod_ordinal,
+    volume_hosts,
+)
 
 
 def test_pod_ordinal() -> None:
@@ -106,3 +114,104 @@ def test_node_view_tolerates_odd_optional_fields() -> None:
         }
     )
     assert view.members == () and view.transfers == 0 and view.partitions == 0
+
+
+# --- where pods run (spec.autoReplace) ------------------------------------------------------
+
+
+def test_pod_view_placement() -> None:
+    obj = {
+        "metadata": {"name": "demo-1", "uid": "u1"},
+        "spec": {"nodeName": "host-a"},
+        "status": {
+            "phase": "Running",
+            "conditions": [
+                {"type": "Ready", "status": "False", "lastTransitionTime": "2024-05-01T11:00:00Z"},
+                {"type": "PodScheduled", "status": "True"},
+            ],
+        },
+    }
+    view = PodView.from_object(obj, "demo")
+    assert view is not None
+    assert (view.phase, view.node_name, view.unready_since) == (
+        "Running",
+        "host-a",
+        "2024-05-01T11:00:00Z",
+    )
+    assert view.unschedulable_since is None
+    obj["status"]["conditions"][0]["status"] = "True"
+    ready = PodView.from_object(obj, "demo")
+    assert ready is not None and ready.ready and ready.unready_since is None
+
+
+def test_pod_view_unschedulable() -> None:
+    obj = {
+        "metadata": {"name": "demo-1"},
+        "status": {
+            "phase": "Pending",
+            "conditions": [
+                {
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "Unschedulable",
+                    "lastTransitionTime": "2024-05-01T11:00:00Z",
+                }
+            ],
+        },
+    }
+    view = PodView.from_object(obj, "demo")
+    assert view is not None
+    assert (view.node_name, view.unschedulable_since) == (None, "2024-05-01T11:00:00Z")
+    obj["status"]["conditions"][0]["reason"] = "SchedulerError"
+    other = PodView.from_object(obj, "demo")
+    assert other is not None and other.unschedulable_since is None
+
+
+def test_host_view() -> None:
+    obj = {
+        "metadata": {"name": "ip-10-0-0-1", "labels": {"kubernetes.io/hostname": "worker-1"}},
+        "status": {
+            "conditions": [
+                {"type": "MemoryPressure", "status": "False"},
+                {
+                    "type": "Ready",
+                    "status": "Unknown",
+                    "lastTransitionTime": "2024-05-01T11:00:00Z",
+                },
+            ]
+        },
+    }
+    assert HostView.from_object(obj) == HostView(
+        "ip-10-0-0-1", "worker-1", ready=False, ready_since="2024-05-01T11:00:00Z"
+    )
+    assert HostView.from_object({"metadata": {}}) is None
+    assert HostView.from_object({"metadata": {"name": "h"}}) == HostView("h", None, False, None)
+
+
+def test_volume_hosts() -> None:
+    local_pv = {
+        "spec": {
+            "nodeAffinity": {
+                "required": {
+                    "nodeSelectorTerms": [
+                        {
+                            "matchExpressions": [
+                                {
+                                    "key": "kubernetes.io/hostname",
+                                    "operator": "In",
+                                    "values": ["w1"],
+                                },
+                                {"key": "zone", "operator": "In", "values": ["z1"]},
+                            ]
+                        }
+                    ]
+                }
+            }
+        }
+    }
+    claim = {"metadata": {"annotations": {"volume.kubernetes.io/selected-node": "w2"}}}
+    assert volume_hosts(None, local_pv) == {"w1"}
+    assert volume_hosts(claim, None) == {"w2"}
+    assert volume_hosts(claim, local_pv) == {"w1", "w2"}
+    assert volume_hosts({}, {"spec": {}}) == frozenset()  # network storage: anywhere
+    assert volume_hosts(None, None) == frozenset()

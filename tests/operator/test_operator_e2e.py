@@ -26,14 +26,16 @@ What each test proves:
 
 from __future__ import annotations
 
+import asyncio
 import shutil
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
 from dynamo_operator.builders import CONFIG_HASH_ANNOTATION
 from tests.operator.conftest import CLUSTERS, Env, minimal_example
-from tests.operator.kmock_harness import eventually
+from tests.operator.kmock_harness import INTERVAL_S, eventually
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
 
@@ -447,3 +449,78 @@ async def test_scale_up_interrupted_by_a_smaller_scale_settles_without_getting_s
     await env.assert_members_match_ring(NAME, status, pods(4))
     await env.assert_readable(NAME, f"{NAME}-3", written)
     assert env.kubelet.object("v1/pods", f"{NAME}-4") is None
+
+
+async def _lose_host(env: Env, pod: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Delete the Node object `pod` runs on (its machine is gone: the kubelet stops the
+    process), then backdate the pod's Ready transition by 20 minutes, as if that had
+    been long ago. Returns the pod and its claim as they were."""
+    kubelet = env.kubelet
+    before = kubelet.object("v1/pods", pod)
+    claim = kubelet.object("v1/persistentvolumeclaims", f"data-{pod}")
+    assert before is not None and claim is not None
+    host = before["spec"]["nodeName"]
+    async with env.api.delete(f"/api/v1/nodes/{host}") as resp:
+        assert resp.status < 300, await resp.text()
+    await eventually(lambda: pod not in kubelet.running, 30, f"{pod}'s process to stop")
+    long_ago = (datetime.now(UTC) - timedelta(minutes=20)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    await env.patch(
+        f"/api/v1/namespaces/{env.namespace}/pods/{pod}/status",
+        {
+            "status": {
+                "conditions": [{"type": "Ready", "status": "False", "lastTransitionTime": long_ago}]
+            }
+        },
+    )
+    return before, claim
+
+
+async def test_auto_replace_replaces_a_member_whose_node_is_gone(env: Env) -> None:
+    await env.create(example(autoReplace={"enabled": True, "after": "10m"}))
+    await env.wait_stable(NAME, 3, timeout=120)
+    written = await env.put_keys(NAME, pods(3)[0], 30)
+    lost = pods(3)[1]
+    before, claim = await _lose_host(env, lost)
+
+    async def replaced() -> dict[str, Any] | None:
+        env.check()
+        status = (await env.cluster(NAME)).get("status") or {}
+        record = status.get("lastReplacement")
+        return dict(record) if record else None
+
+    record = await eventually(replaced, 60, f"{lost} to be replaced")
+    assert record["pod"] == lost and record["node"] == before["spec"]["nodeName"]
+    assert "no longer exists" in record["reason"]
+    (event,) = env.events("ReplacingMember")
+    assert lost in event["message"] and f"data-{lost}" in event["message"]
+
+    # a new claim and a new pod on another Kubernetes node, which refills and is up again
+    def recreated() -> dict[str, Any] | None:
+        pod = env.kubelet.object("v1/pods", lost)
+        return pod if pod and pod["metadata"]["uid"] != before["metadata"]["uid"] else None
+
+    after = await eventually(recreated, 30, f"{lost} re-created")
+    assert after["spec"]["nodeName"] != before["spec"]["nodeName"]
+    new_claim = env.kubelet.object("v1/persistentvolumeclaims", f"data-{lost}")
+    assert new_claim is not None and new_claim["metadata"]["uid"] != claim["metadata"]["uid"]
+    await env.wait_stable(NAME, 3, timeout=120)
+    await env.assert_readable(NAME, lost, written)
+    assert len(env.events("ReplacingMember")) == 1  # one replacement, not a loop
+
+
+async def test_without_auto_replace_a_member_whose_node_is_gone_is_left_alone(
+    env: Env,
+) -> None:
+    await env.create(example())
+    await env.wait_stable(NAME, 3, timeout=120)
+    lost = pods(3)[1]
+    before, claim = await _lose_host(env, lost)
+    await env.wait_status(NAME, 30, f"{lost} seen down", degraded=True)
+    await asyncio.sleep(10 * INTERVAL_S)  # many observations
+    status = (await env.cluster(NAME)).get("status") or {}
+    assert "lastReplacement" not in status
+    assert env.events("ReplacingMember") == []
+    pod = env.kubelet.object("v1/pods", lost)
+    assert pod is not None and pod["metadata"]["uid"] == before["metadata"]["uid"]
+    now_claim = env.kubelet.object("v1/persistentvolumeclaims", f"data-{lost}")
+    assert now_claim is not None and now_claim["metadata"]["uid"] == claim["metadata"]["uid"]

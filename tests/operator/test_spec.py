@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from dynamo_operator.errors import ImmutableFieldError, OperatorError, SpecError
 from dynamo_operator.spec import (
+    AutoReplace,
     ClusterSpec,
     PvcRetention,
     Replication,
@@ -50,6 +51,8 @@ def test_defaults() -> None:
     assert spec.durability == "wal"
     assert spec.tolerations == ()
     assert spec.node_selector == {}
+    assert spec.auto_replace == AutoReplace(enabled=False, after="10m")
+    assert spec.auto_replace.after_s == 600.0
     assert not spec.paused
 
 
@@ -80,6 +83,14 @@ def test_production_example() -> None:
     assert spec.topology_spread_constraints[0]["topologyKey"] == "topology.kubernetes.io/zone"
     assert spec.node_selector == {"kubernetes.io/os": "linux"}
     assert spec.durability == "sync"
+
+
+def test_auto_replace() -> None:
+    spec = parse_spec({"autoReplace": {"enabled": True, "after": "1h30m"}})
+    assert spec.auto_replace == AutoReplace(enabled=True, after="1h30m")
+    assert spec.auto_replace.after_s == 5400.0
+    assert parse_spec({"autoReplace": {"enabled": True}}).auto_replace.after_s == 600.0
+    assert parse_spec({"autoReplace": {"after": "1m"}}).auto_replace == AutoReplace(after="1m")
 
 
 def test_minimal_example() -> None:
@@ -146,6 +157,11 @@ INVALID: list[tuple[Any, str, str]] = [
     ({"auth": {"secretName": ""}}, "spec.auth.secretName", "empty"),
     ({"antiEntropy": {"interval": "500ms"}}, "spec.antiEntropy.interval", "at least 1s"),
     ({"antiEntropy": {"interval": "10"}}, "spec.antiEntropy.interval", "not a duration"),
+    ({"autoReplace": {"after": "59s"}}, "spec.autoReplace.after", "at least 1m"),
+    ({"autoReplace": {"after": "10"}}, "spec.autoReplace.after", "not a duration"),
+    ({"autoReplace": {"after": "1" * 32 + "s"}}, "spec.autoReplace.after", "at most 32"),
+    ({"autoReplace": {"enabled": "yes"}}, "spec.autoReplace.enabled", "true or false"),
+    ({"autoReplace": True}, "spec.autoReplace", "must be an object"),
     ({"podAntiAffinity": "always"}, "spec.podAntiAffinity", "none, preferred, required"),
     ({"affinity": []}, "spec.affinity", "must be an object"),
     ({"tolerations": {}}, "spec.tolerations", "must be a list"),
@@ -206,6 +222,7 @@ def test_parse_duration_rejects(text: str) -> None:
         {"replication": {"r": 1, "w": 3}},
         {"image": "dynamokv/node:0.2.0"},
         {"antiEntropy": {"interval": "1h"}},
+        {"autoReplace": {"enabled": True, "after": "30m"}},
         {"lww": True, "durability": "sync", "podAntiAffinity": "required"},
         {"auth": {"secretName": "mine"}},
     ],
@@ -290,6 +307,13 @@ specs = st.builds(
             interval=_optional(
                 st.sampled_from(["10m", "1s", "999ms", "1000ms", "0s", "2h5m", "5", "1d", ""])
             ),
+        )
+    ),
+    autoReplace=_optional(
+        st.builds(
+            _build,
+            enabled=_optional(st.booleans() | st.just("on")),
+            after=_optional(st.sampled_from(["10m", "1m", "59s", "60s", "1h", "90", "", "0.5m"])),
         )
     ),
     podAntiAffinity=_optional(st.sampled_from(["none", "preferred", "required", "maybe"])),

@@ -41,6 +41,10 @@ OPERATOR_VARIANTS: dict[str, dict[str, Any]] = {
         "monitoring": {"podMonitor": {"enabled": True, "labels": {"release": "prometheus"}}},
     },
     "release-namespace": {"watch": {"clusterWide": False}, "fullnameOverride": "kvop"},
+    "namespaced-read-nodes": {
+        "watch": {"clusterWide": False, "namespaces": ["kv"]},
+        "rbac": {"readNodes": True},
+    },
     "external-crd": {
         "crds": {"install": False},
         "image": {"tag": "0.1.0-rc.1", "pullPolicy": "Always"},

@@ -220,6 +220,7 @@ def test_args_are_the_operators_flags_and_match_the_probe(
         "default": None,
         "namespaced": ["kv", "team-a"],
         "release-namespace": [NAMESPACE],
+        "namespaced-read-nodes": ["kv"],
         "external-crd": None,
     }
     for variant in VARIANTS:

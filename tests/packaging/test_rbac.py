@@ -64,6 +64,11 @@ EVENTS: Permission = ("", "events", "create")
 #: Kopf's resource observer watches CRDs (cluster-scoped) when serving the whole cluster
 CRD_WATCH = {("apiextensions.k8s.io", "customresourcedefinitions", v) for v in ("list", "watch")}
 
+#: cluster-scoped reads (spec.autoReplace): in the ClusterRole cluster-wide; in
+#: namespace-scoped mode a Role cannot grant them, a small ClusterRole does when the chart
+#: value rbac.readNodes is set (without it, autoReplace does nothing and says why)
+HOST_READS: set[Permission] = {("", "nodes", "list"), ("", "persistentvolumes", "get")}
+
 #: granted on purpose though no call in the code makes it: permission -> reason
 DELIBERATE_EXTRAS: dict[Permission, str] = {
     ("dynamokv.io", "dynamoclusters/finalizers", "update"): (
@@ -443,8 +448,13 @@ def test_the_code_needs_what_the_design_says() -> None:
         ("", "secrets", "patch"),
         ("", "pods", "list"),
         ("", "pods", "delete"),
+        ("", "persistentvolumeclaims", "get"),
+        ("", "persistentvolumeclaims", "delete"),
+        ("", "nodes", "list"),
+        ("", "persistentvolumes", "get"),
         ("", "events", "create"),
     }
+    assert required(cluster_wide=False) >= HOST_READS
 
 
 def test_deliberate_extras_still_have_their_reason() -> None:
@@ -477,18 +487,25 @@ def test_cluster_wide_rbac_is_exactly_what_the_code_calls(
     _binds_the_operator(objs, binding)
 
 
-@pytest.mark.parametrize("variant", ["namespaced", "release-namespace"])
+@pytest.mark.parametrize("variant", ["namespaced", "release-namespace", "namespaced-read-nodes"])
 def test_namespaced_rbac_is_exactly_what_the_code_calls(
     rendered: dict[str, list[dict[str, Any]]], variant: str
 ) -> None:
     objs = rendered[variant]
-    assert by_kind(objs, "ClusterRole") == [] and by_kind(objs, "ClusterRoleBinding") == []
+    if variant == "namespaced-read-nodes":
+        (cluster_role,) = by_kind(objs, "ClusterRole")
+        assert granted(cluster_role["rules"]) == HOST_READS  # read-only, nothing else
+        (cluster_binding,) = by_kind(objs, "ClusterRoleBinding")
+        assert cluster_binding["roleRef"]["name"] == cluster_role["metadata"]["name"]
+        _binds_the_operator(objs, cluster_binding)
+    else:
+        assert by_kind(objs, "ClusterRole") == [] and by_kind(objs, "ClusterRoleBinding") == []
     roles = by_kind(objs, "Role")
     bindings = {b["metadata"]["namespace"]: b for b in by_kind(objs, "RoleBinding")}
     (container,) = by_kind(objs, "Deployment")[0]["spec"]["template"]["spec"]["containers"]
     served = [a.split("=", 1)[1] for a in container["args"] if a.startswith("--namespace=")]
     assert sorted(r["metadata"]["namespace"] for r in roles) == sorted(served) == sorted(bindings)
-    need = required(cluster_wide=False)
+    need = required(cluster_wide=False) - HOST_READS
     for role in roles:
         have = granted(role["rules"])
         assert need - have == set(), "missing grants"

@@ -67,6 +67,17 @@ What the operator may do in a namespace it serves: exactly the API calls of
 operator/dynamo_operator (kube.py via handlers.py and reconcile.py) and of Kopf.
 tests/packaging/test_rbac.py derives the same list from the code and compares.
 */}}
+{{- define "dynamokv-operator.hostRules" -}}
+# spec.autoReplace, read-only and cluster-scoped: Nodes, to tell that a pod's Kubernetes
+# node is gone; a PersistentVolume, to tell which node a local volume is tied to.
+- apiGroups: [""]
+  resources: [nodes]
+  verbs: [list]
+- apiGroups: [""]
+  resources: [persistentvolumes]
+  verbs: [get]
+{{- end }}
+
 {{- define "dynamokv-operator.namespacedRules" -}}
 # DynamoClusters: Kopf lists and watches them, and patches annotations and finalizers
 # (its progress records); the handlers patch the status subresource.
@@ -97,10 +108,16 @@ tests/packaging/test_rbac.py derives the same list from the code and compares.
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get, create, patch]
-# Pods: listed to observe the nodes; deleted one at a time to roll an upgrade.
+# Pods: listed to observe the nodes; deleted one at a time to roll an upgrade, or to
+# replace a member whose Kubernetes node is gone (spec.autoReplace).
 - apiGroups: [""]
   resources: [pods]
   verbs: [list, delete]
+# PVCs (spec.autoReplace): read to find the volume of a pod that cannot be scheduled;
+# deleted with the pod of a member being replaced, so it comes back with a fresh one.
+- apiGroups: [""]
+  resources: [persistentvolumeclaims]
+  verbs: [get, delete]
 # Events on DynamoClusters (kopf.event / kopf.warn post core/v1 events).
 - apiGroups: [""]
   resources: [events]
