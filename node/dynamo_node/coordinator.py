@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 from .codec import CodecError, clock_to_wire, decode_object, encode_object
 from .config import NodeConfig
-from .errors import PeerError, QuorumNotMet
+from .errors import PeerError, QuorumNotMet, StorageCorrupt
 from .hints import HintStore
 from .quorum import effective
 from .storage import skey_hash
@@ -199,7 +199,12 @@ class Coordinator:
         futures: dict[str, asyncio.Future[Any]] = {}
         for node, _ in placement.targets:
             if node == self.me:
-                raw[node] = self.local.read_encoded(skey)
+                try:
+                    raw[node] = self.local.read_encoded(skey)
+                except StorageCorrupt as exc:
+                    # this replica is damaged (its storage is failed from now on): it
+                    # counts as a replica that did not answer, the others serve the read
+                    log.warning("local replica unreadable, reading the others: %s", exc)
             else:
                 futures[node] = self._start(node, "get", [skey], timeout)
         if len(raw) < need:

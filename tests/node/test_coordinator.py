@@ -11,7 +11,7 @@ import pytest
 
 from dynamo_node.config import NodeConfig
 from dynamo_node.coordinator import _Votes
-from dynamo_node.errors import QuorumNotMet, Unavailable
+from dynamo_node.errors import QuorumNotMet, StorageCorrupt, Unavailable
 from dynamo_node.membership import ClusterState, commit, plan
 from dynamo_node.node import Node
 from dynamo_node.storage import Family, MemoryStorage, storage_key
@@ -192,3 +192,20 @@ async def test_votes_past_the_deadline_still_wait_for_the_local_write() -> None:
     votes.wait_local(failed)
     with pytest.raises(Unavailable):
         await votes.wait(loop.time() + 5)
+
+
+async def test_a_corrupt_local_replica_counts_as_not_answering(
+    three: tuple[Net, list[Node]],
+) -> None:
+    _, nodes = three
+    key = storage_key("damaged")
+    await nodes[0].coordinator.put(key, VClock(), b"v", "text/plain", 3, 1000)
+
+    def damaged(_skey: bytes) -> bytes | None:
+        raise StorageCorrupt("Corruption: block checksum mismatch in 000009.sst")
+
+    nodes[0].read_encoded = damaged  # type: ignore[method-assign]
+    obj = await nodes[0].coordinator.get(key, 2, 1000)
+    assert [s.value for s in obj.visible()] == [b"v"]
+    with pytest.raises(QuorumNotMet):
+        await nodes[0].coordinator.get(key, 3, 1000)
