@@ -85,13 +85,7 @@ class Claimant:
     def stage_remove(self, node_id: str) -> str:
         """Stage taking a ring member out *without its data* (it is gone for good): each
         partition it replicated is rebuilt on its new replica from the surviving ones."""
-        state = self.node.require_state()
-        if node_id not in state.members:
-            raise NotFound(f"unknown node {node_id!r}")
-        if node_id not in state.ring_nodes():
-            raise Conflict(f"node {node_id!r} owns nothing: nothing to remove")
-        if node_id == self.node.node_id:
-            raise Conflict("a node cannot force-remove itself: ask another member")
+        self._check_gone(node_id, "force-remove")
         self._unstage(node_id)
         self.removes.append(node_id)
         return node_id
@@ -100,13 +94,8 @@ class Claimant:
         """Stage `new` (a running node's HOST:PORT, or the id of a member that owns
         nothing) taking exactly the partitions of ring member `old`, which is gone for
         good: they are rebuilt on `new` from the surviving replicas. Returns new's id."""
+        self._check_gone(old, "replace")
         state = self.node.require_state()
-        if old not in state.members:
-            raise NotFound(f"unknown node {old!r}")
-        if old not in state.ring_nodes():
-            raise Conflict(f"node {old!r} owns nothing: nothing to replace")
-        if old == self.node.node_id:
-            raise Conflict("a node cannot replace itself: ask another member")
         if ":" in new:
             member = await self._member_at(new)
         elif new in state.members:
@@ -120,6 +109,16 @@ class Claimant:
         self._unstage(old)
         self.replaces[old] = member.node
         return member.node
+
+    def _check_gone(self, node_id: str, verb: str) -> None:
+        """`node_id` may be staged as gone for good: a ring member other than this node."""
+        state = self.node.require_state()
+        if node_id not in state.members:
+            raise NotFound(f"unknown node {node_id!r}")
+        if node_id not in state.ring_nodes():
+            raise Conflict(f"node {node_id!r} owns nothing: nothing to {verb}")
+        if node_id == self.node.node_id:
+            raise Conflict(f"a node cannot {verb} itself: ask another member")
 
     def _unstage(self, node_id: str) -> None:
         """Forget any earlier leave, removal or replacement staged for `node_id`: the

@@ -157,12 +157,15 @@ class Handoff:
         self.progress[(p, me)] = progress
         try:
             pending = list(survivors)
+            waited: set[str] = set()
             while pending:
                 if node.require_state().epoch != epoch:
                     return
                 peer = pending[0]
                 if not node.is_up(peer):
-                    log.warning("rebuild of partition %d waits for replica %s", p, peer)
+                    if peer not in waited:  # once per replica, not every retry
+                        waited.add(peer)
+                        log.warning("rebuild of partition %d waits for replica %s", p, peer)
                     await asyncio.sleep(RETRY_PAUSE_S)
                     continue
                 try:
