@@ -55,6 +55,12 @@ class NodeConfig:
 
     key_max_bytes: int = KIB
     value_max_bytes: int = MIB
+    #: an object (all its siblings together) larger than this is refused (413)
+    object_max_bytes: int = 8 * MIB
+    #: siblings of one key: past `siblings_warn` a write is logged and counted, past
+    #: `siblings_max` a write that would add one more is refused (Riak: 25 and 100)
+    siblings_warn: int = 25
+    siblings_max: int = 100
 
     #: "sync": acknowledge a write only after its WAL is fsynced (group commit, off the
     #: event loop). "wal": acknowledge once it is in the WAL (survives a process crash);
@@ -99,6 +105,17 @@ class NodeConfig:
     client_token: str = ""
     cluster_token: str = ""
     max_concurrent_requests: int = 1024
+    #: client-port HTTP: the request head (line and headers) must arrive within this
+    #: many seconds; a body must make progress within `http_body_timeout_s` (nginx: 60)
+    http_head_timeout_s: float = 60.0
+    http_body_timeout_s: float = 60.0
+    #: open client-port connections; beyond it new ones are refused. None: derived
+    #: from the file-descriptor limit (`fdbudget`)
+    max_connections: int | None = None
+    #: peer port: the hello must arrive within this many seconds, and at most
+    #: `peer_max_unauthenticated` connections may be waiting for theirs
+    peer_hello_timeout_s: float = 5.0
+    peer_max_unauthenticated: int = 64
     #: TLS for the HTTP API and the node-to-node protocol ("" = plain TCP); peers are
     #: verified against tls_ca_file (and present tls_cert_file themselves)
     tls_cert_file: str = ""
@@ -162,6 +179,16 @@ class NodeConfig:
             )
         if self.row_cache_bytes is not None and self.row_cache_bytes < 0:
             raise InvalidRequest("row_cache_bytes must be >= 0")
+        if self.object_max_bytes < 1:
+            raise InvalidRequest("object_max_bytes must be >= 1")
+        if not 1 <= self.siblings_warn <= self.siblings_max:
+            raise InvalidRequest("need 1 <= siblings_warn <= siblings_max")
+        if self.http_head_timeout_s <= 0 or self.http_body_timeout_s <= 0:
+            raise InvalidRequest("http_head_timeout_s and http_body_timeout_s must be > 0")
+        if self.max_connections is not None and self.max_connections < 1:
+            raise InvalidRequest("max_connections must be >= 1")
+        if self.peer_hello_timeout_s <= 0 or self.peer_max_unauthenticated < 1:
+            raise InvalidRequest("peer_hello_timeout_s must be > 0, peer_max_unauthenticated >= 1")
 
 
 PEER_PORT_OFFSET = 10000
