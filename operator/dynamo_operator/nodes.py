@@ -1,4 +1,4 @@
-"""A small async client of the node's admin API (DESIGN §5), as the operator drives it.
+"""A small async client of the node's admin API (docs/api.md), as the operator drives it.
 
 Nodes are addressed by `HOST:PORT`; `NodeAdmin.address` maps a pod to it through an
 injectable resolver (default: the pod's stable DNS name through the headless Service,

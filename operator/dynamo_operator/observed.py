@@ -7,7 +7,7 @@ Three sources, each parsed defensively from the JSON the APIs return:
   and where it runs: phase, Kubernetes node, since when it is not ready / unschedulable;
 - `HostView`: one Kubernetes Node (read only with `spec.autoReplace` on): its name,
   hostname label and Ready condition;
-- `NodeView`: one node's `GET /v1/admin/status` (DESIGN §5): its own membership state,
+- `NodeView`: one node's `GET /v1/admin/status` (docs/api.md): its own membership state,
   ring version, transfers, hints and the members as it sees them;
 
 and `Observed`, all of them at one moment plus the request and the persisted operation:
@@ -30,7 +30,7 @@ from .steps import Operation
 #: the label the StatefulSet controller puts on each pod: the template revision it runs
 REVISION_LABEL = "controller-revision-hash"
 
-#: member states (DESIGN §5); "left" is a node that left the ring and owns nothing
+#: member states (docs/api.md); "left" is a node that left the ring and owns nothing
 JOINING, UP, DOWN, LEAVING, LEFT = "joining", "up", "down", "leaving", "left"
 #: a ring member back with an empty volume, being refilled (it counts for no quorum)
 REPLACING = "replacing"

@@ -17,7 +17,7 @@
 5. checks every acknowledged blind write is there (the value, or among siblings) and
    every acknowledged cart item is in the union of the cart's siblings (an item merged
    into a causally later version is found there too);
-6. counts answers that are not documented (DESIGN.md §5).
+6. counts answers that are not documented (docs/api.md).
 
 `Verdict.ok` is the pass condition: nothing lost, nothing diverged, no undocumented
 answer, the API agrees with the replicas, and the cluster converged in time.

@@ -8,7 +8,7 @@ and asks a random node each time, so with partitions there are clients on every 
   siblings, add one new item, PUT the union back with the read's context; the item is
   acknowledged when that PUT answers 204.
 
-Outcomes (DESIGN.md §5 lists the documented answers):
+Outcomes (docs/api.md lists the documented answers):
 
     ok            204 for a write; 200, 300 or 404 for a read
     fail          503 (quorum not met, node unavailable): not acknowledged; may or may

@@ -1,6 +1,6 @@
 """A real 3-node cluster on loopback (separate dynamo-node processes, RocksDB dirs):
 quorums with failed nodes, hinted handoff, siblings across coordinators, read repair,
-deadlines with paused nodes. DESIGN.md §3; issue: cluster."""
+deadlines with paused nodes."""
 
 from __future__ import annotations
 

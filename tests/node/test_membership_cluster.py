@@ -1,5 +1,5 @@
 """Membership with real processes: join and leave under load with staged commands,
-failure detection, and convergence through anti-entropy alone. DESIGN.md §4."""
+failure detection, and convergence through anti-entropy alone."""
 
 from __future__ import annotations
 

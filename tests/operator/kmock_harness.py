@@ -1,6 +1,6 @@
 """Kopf in-process against kmock, with a "kubelet" that runs real dynamo-node processes.
 
-Three parts (DESIGN §7):
+Three parts:
 
 - `KubeEmulator`: kmock's Kubernetes emulator, fixed where stock kmock 0.8 differs from
   a real API server in ways Kopf and the operator notice: every write gets a new
