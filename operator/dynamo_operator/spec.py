@@ -18,6 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar, cast
 
+from dynamo_node import __version__
+
 from .errors import ImmutableFieldError, SpecError
 
 JsonObject = dict[str, Any]
@@ -40,7 +42,7 @@ MAX_KEY_BYTES = 65536
 MAX_VALUE_BYTES = 64 * 1024 * 1024
 MAX_CONCURRENT_REQUESTS = 100_000
 DEFAULT_REPLICAS = 3
-DEFAULT_IMAGE = "dynamokv/node:0.1.0"
+DEFAULT_IMAGE = f"dynamokv/node:{__version__}"
 DEFAULT_N = 3
 DEFAULT_R = 2
 DEFAULT_W = 2
