@@ -19,7 +19,7 @@ from dynamo_node.cli import build_parser
 from dynamo_node.openapi import openapi_document
 
 API_MD = Path(__file__).resolve().parent / "api.md"
-METHODS = ("get", "put", "post", "delete", "patch")
+METHODS = ("get", "head", "put", "post", "delete", "patch")
 #: the N the document is rendered for (r and w enumerate 1..N)
 N = 3
 
@@ -41,6 +41,7 @@ cluster token (a client token gets 403); `/healthz`, `/readyz`, `/metrics` and
 `/openapi.json` need none. Errors are JSON: `{{"error": {{"code": "...", "message": "..."}}}}`.
 
 **Keys** are percent-encoded in the path; any UTF-8 string round-trips, `/` included.
+The Python client (`dynamo_node.client`) is described in [client.md](client.md).
 """
 
 

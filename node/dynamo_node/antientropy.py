@@ -183,6 +183,13 @@ class AntiEntropy:
                 tree.set_segment(segment, found)
         return tree
 
+    def discard(self, p: int) -> None:
+        """Forget p's tree and tombstone candidates (its data was dropped): built again
+        from the store, empty, if this node ever holds p again."""
+        self.trees.pop(p, None)
+        self._stale.pop(p, None)
+        self.tombstones.pop(p, None)
+
     def _scan(self, p: int) -> None:
         """Build p's tree and its tombstone candidates from one scan of the partition,
         without an await: the writes made meanwhile find them in place and keep them

@@ -13,7 +13,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from .discovery import fetch_status, split_hostport
-from .errors import Conflict, NotFound
+from .errors import Conflict, NotFound, TooFewMembers
 from .membership import ClusterState, Member, Plan, PlanError, commit, plan
 
 if TYPE_CHECKING:
@@ -61,9 +61,11 @@ class Claimant:
         except Exception as exc:
             raise NotFound(f"no dynamo node reachable at {address}: {exc}") from None
 
-    def stage_leave(self, node_id: str) -> str:
+    def stage_leave(self, node_id: str, force: bool = False) -> str:
         """Stage the leave of a ring member; a member that owns nothing (known by
-        gossip, never joined) is forgotten at once. Returns "staged" or "forgotten"."""
+        gossip, never joined) is forgotten at once. Returns "staged" or "forgotten".
+        A leave that would leave fewer ring members than N is refused (TooFewMembers)
+        unless `force`."""
         node = self.node
         state = node.require_state()
         if node_id not in state.members:
@@ -71,21 +73,25 @@ class Claimant:
         if node_id in self.joins:
             self.joins.remove(node_id)
             return "staged"
-        self._unstage(node_id)
         if node_id not in state.ring_nodes():
+            self._unstage(node_id)
             member = state.members[node_id]
             if member.status != "left":
                 node.set_state(state.with_member(replace(member, status="left")))
                 node.gossiper.push_soon()
             return "forgotten"
+        self._check_members(node_id, "the leave of", force)
+        self._unstage(node_id)
         if node_id not in self.leaves:
             self.leaves.append(node_id)
         return "staged"
 
-    def stage_remove(self, node_id: str) -> str:
+    def stage_remove(self, node_id: str, force: bool = False) -> str:
         """Stage taking a ring member out *without its data* (it is gone for good): each
-        partition it replicated is rebuilt on its new replica from the surviving ones."""
+        partition it replicated is rebuilt on its new replica from the surviving ones.
+        Refused (TooFewMembers) as a leave is, unless `force`."""
         self._check_gone(node_id, "force-remove")
+        self._check_members(node_id, "the removal of", force)
         self._unstage(node_id)
         self.removes.append(node_id)
         return node_id
@@ -119,6 +125,30 @@ class Claimant:
             raise Conflict(f"node {node_id!r} owns nothing: nothing to {verb}")
         if node_id == self.node.node_id:
             raise Conflict(f"a node cannot {verb} itself: ask another member")
+
+    def members_after(self, taken_out: str) -> int:
+        """Ring members once the staged changes and taking `taken_out` out are done."""
+        state = self.node.require_state()
+        current = list(state.ring.nodes())
+        out = {*self.leaves, *self.removes, taken_out}
+        swaps = {old: new for old, new in self.replaces.items() if old != taken_out}
+        after = {swaps.get(x, x) for x in current if x not in out}
+        after |= {x for x in self.joins if x not in current}
+        return len(after)
+
+    def _check_members(self, node_id: str, what: str, force: bool) -> None:
+        """Refuse taking `node_id` out when fewer than N ring members would be left
+        (counting what is staged already), unless forced."""
+        n = self.node.require_state().n
+        after = self.members_after(node_id)
+        if after >= n or force:
+            return
+        raise TooFewMembers(
+            f"{what} {node_id} would leave {after} ring member(s), fewer than N={n}: every "
+            f"partition would have only {after} replica(s); writes with w=all and reads "
+            'with r=all fail until a node joins. Stage it with "force": true to do it '
+            "anyway (dynamoctl --force)"
+        )
 
     def _unstage(self, node_id: str) -> None:
         """Forget any earlier leave, removal or replacement staged for `node_id`: the

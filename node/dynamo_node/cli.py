@@ -14,26 +14,31 @@ Exit codes (contract for scripts):
     3  the key has siblings (get printed them all; resolve with put --context)
     4  unavailable: HTTP 503 (incl. quorum not met) or the node cannot be reached
     5  authentication or authorization failed (HTTP 401, 403)
-    6  anything else: a conflict (409), a failed job, a --wait that timed out, 5xx
+    6  anything else: a conflict (409), a failed job, a --wait that timed out, 5xx,
+       an address that answers but is not a dynamokv node
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
+import math
 import os
 import shlex
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, NoReturn
 
 from .client import (
     DEFAULT_CONTENT_TYPE,
     DEFAULT_NODE,
     DEFAULT_TIMEOUT_S,
+    MAYBE_APPLIED,
+    QUORUM_NAMES,
     AuthError,
     BadRequest,
     ClientError,
@@ -41,6 +46,7 @@ from .client import (
     DynamoClient,
     GetResult,
     NotFound,
+    Sibling,
     SiblingsError,
     Unavailable,
 )
@@ -58,6 +64,7 @@ EXIT_INTERRUPTED: Final = 130  # 128 + SIGINT, as shells report it
 
 ENV_NODE: Final = "DYNAMO_NODE"
 ENV_TOKEN: Final = "DYNAMO_TOKEN"
+ENV_TLS_CA: Final = "DYNAMO_TLS_CA"
 STDIN_MARK: Final = "-"
 
 POLL_INTERVAL_S: Final = 0.25
@@ -77,22 +84,86 @@ exit codes:
   0  success
   1  not found (key, node, job)
   2  usage error or bad request (HTTP 400, 413)
-  3  the key has siblings (resolve with: dynamoctl put KEY VALUE --context CTX)
+  3  the key has siblings (resolve: dynamoctl put KEY VALUE --context CTX, or --overwrite)
   4  unavailable (HTTP 503, quorum not met) or the node cannot be reached
   5  authentication or authorization failed (HTTP 401, 403)
-  6  other errors (409 conflict, failed job, --wait timed out, 5xx)
+  6  other errors (409 conflict, failed job, --wait timed out, 5xx, not a dynamokv node)
 
 environment:
   DYNAMO_NODE   default for --node (else 127.0.0.1:7070)
   DYNAMO_TOKEN  default for --token
-  DYNAMO_TLS_CA a CA file: use HTTPS and verify the node against it
+  DYNAMO_TLS_CA default for --tls-ca (a CA file: use HTTPS, verify the node)
 """
+
+#: what `leave --force` / `force-remove --force` cost, shown with and without --force
+FORCE_COST: Final = (
+    "with fewer members than N, every key keeps fewer than N replicas, "
+    "and writes with w=all and reads with r=all fail until a node joins"
+)
+JSON_TYPES: Final = ("application/json", "text/json")
 
 Handler = Callable[[DynamoClient, argparse.Namespace], int]
 
 
 class UsageError(Exception):
     """A command line that parses but cannot be run (exit 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad command line is one line on stderr (exit 2), not the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see: {self.prog} --help)\n")
+
+
+# --- argument types (argparse turns their errors into a usage line, exit 2) ------------------
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return value
+
+
+def _non_negative_seconds(text: str) -> float:
+    if text.strip() in ("0", "0.0"):
+        return 0.0
+    return _positive_seconds(text)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text!r}")
+    return value
+
+
+def _quorum(name: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text in QUORUM_NAMES or (text.isdigit() and int(text) >= 1):
+            return text
+        raise argparse.ArgumentTypeError(
+            f"{name} must be 1..N, {', '.join(QUORUM_NAMES[:-1])} or {QUORUM_NAMES[-1]}, "
+            f"got {text!r}"
+        )
+
+    parse.__name__ = f"{name} quorum"
+    return parse
+
+
+def _non_empty(what: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if not text:
+            raise argparse.ArgumentTypeError(f"the {what} must not be empty")
+        return text
+
+    parse.__name__ = what
+    return parse
 
 
 # --- output helpers --------------------------------------------------------------------------
@@ -187,17 +258,29 @@ class _Progress:
 
 
 # --- key-value commands ----------------------------------------------------------------------
+def _is_json_type(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media in JSON_TYPES or media.endswith("+json")
+
+
+def _sibling_json(sibling: Sibling) -> dict[str, Any]:
+    """A sibling for `get --json`: content type, base64 value, and for a JSON value
+    (a JSON content type whose bytes parse) the parsed value as `value`."""
+    shown: dict[str, Any] = {
+        "content_type": sibling.content_type,
+        "value_b64": base64.b64encode(sibling.value).decode(),
+    }
+    if _is_json_type(sibling.content_type):
+        with contextlib.suppress(ValueError, UnicodeDecodeError):
+            shown["value"] = json.loads(sibling.value)
+    return shown
+
+
 def _get_json(result: GetResult) -> dict[str, Any]:
     return {
         "key": result.key,
         "context": result.context,
-        "siblings": [
-            {
-                "content_type": s.content_type,
-                "value_b64": base64.b64encode(s.value).decode(),
-            }
-            for s in result.siblings
-        ],
+        "siblings": [_sibling_json(s) for s in result.siblings],
     }
 
 
@@ -249,17 +332,38 @@ def _read_value(args: argparse.Namespace) -> bytes:
         raise UsageError(f"cannot read {source}: {exc.strerror or exc}") from None
 
 
+def _write_failed(exc: ClientError) -> ClientError:
+    """A failed PUT/DELETE: after a 503, or a connection lost once the write was sent
+    (the client says so with maybe_applied), it may be stored on some replicas."""
+    if isinstance(exc, Unavailable) or exc.maybe_applied:
+        exc.maybe_applied = True
+        if MAYBE_APPLIED not in exc.message:
+            exc.message = f"{exc.message}; {MAYBE_APPLIED}"
+    return exc
+
+
 def cmd_put(client: DynamoClient, args: argparse.Namespace) -> int:
     value = _read_value(args)
-    context = client.put(
-        args.key,
-        value,
-        args.context,
-        args.content_type,
-        w=args.w,
-        timeout_ms=args.timeout_ms,
-    )
-    _out(context)
+    context = args.context
+    if args.overwrite:
+        if context is not None:
+            raise UsageError("give either --context or --overwrite, not both")
+        current = client.get(args.key, r=args.r, timeout_ms=args.timeout_ms)
+        context = current.context
+        if args.verbose and current.has_siblings:
+            _err(f"replacing {len(current.siblings)} siblings of {args.key!r}")
+    try:
+        new_context = client.put(
+            args.key,
+            value,
+            context,
+            args.content_type,
+            w=args.w,
+            timeout_ms=args.timeout_ms,
+        )
+    except ClientError as exc:
+        raise _write_failed(exc) from None
+    _out(new_context)
     return EXIT_OK
 
 
@@ -273,7 +377,10 @@ def cmd_delete(client: DynamoClient, args: argparse.Namespace) -> int:
             _err(f"{PROG}: {args.key!r} not found (nothing to delete)")
             return EXIT_NOT_FOUND
         context = current.context
-    client.delete(args.key, context, w=args.w, timeout_ms=args.timeout_ms)
+    try:
+        client.delete(args.key, context, w=args.w, timeout_ms=args.timeout_ms)
+    except ClientError as exc:
+        raise _write_failed(exc) from None
     if args.verbose:
         _err(f"deleted {args.key!r}")
     return EXIT_OK
@@ -296,6 +403,19 @@ def _transfer_rows(transfers: list[dict[str, Any]]) -> list[list[str]]:
     return rows
 
 
+def render_replication(status: dict[str, Any]) -> str:
+    """N/R/W as the cluster really applies them; the configured ones beside them when a
+    cluster with fewer members than N cannot meet them."""
+    configured = f"N={status['n']} R={status.get('r')} W={status.get('w')}"
+    eff = status.get("effective")
+    if not isinstance(eff, dict):
+        return configured
+    effective = f"N={eff.get('n')} R={eff.get('r')} W={eff.get('w')}"
+    if effective == configured:
+        return configured
+    return f"{effective} (configured {configured}: too few members)"
+
+
 def render_status(status: dict[str, Any]) -> str:
     owned = status.get("partitions", [])
     total = status.get("partitions_total")
@@ -308,7 +428,7 @@ def render_status(status: dict[str, Any]) -> str:
         ("partitions owned", owned_text),
     ]
     if "n" in status:
-        pairs.append(("replication", f"N={status['n']} R={status.get('r')} W={status.get('w')}"))
+        pairs.append(("replication", render_replication(status)))
     pairs += [
         ("hints pending", str(status.get("hints_pending", 0))),
         ("last anti-entropy", str(status.get("last_anti_entropy") or "never")),
@@ -385,8 +505,21 @@ def cmd_join(client: DynamoClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _member_removal(call: Callable[..., dict[str, Any]], args: argparse.Namespace) -> Any:
+    """A leave or force-remove: with --force, warn of the cost; without, a refusal for
+    leaving fewer than N members says how to insist and what it costs."""
+    if args.force:
+        _err(f"{PROG}: warning: --force: {FORCE_COST}")
+    try:
+        return call(args.node_id, force=args.force)
+    except ClientError as exc:
+        if exc.code == "too_few_members" and not args.force:
+            exc.message = f"{exc.message}\n{PROG}: to stage it anyway add --force ({FORCE_COST})"
+        raise
+
+
 def cmd_leave(client: DynamoClient, args: argparse.Namespace) -> int:
-    answer = client.leave(args.node_id)
+    answer = _member_removal(client.leave, args)
     if args.json:
         _print_json(answer)
     else:
@@ -398,7 +531,7 @@ def cmd_leave(client: DynamoClient, args: argparse.Namespace) -> int:
 
 
 def cmd_force_remove(client: DynamoClient, args: argparse.Namespace) -> int:
-    answer = client.force_remove(args.node_id)
+    answer = _member_removal(client.force_remove, args)
     if args.json:
         _print_json(answer)
     else:
@@ -557,6 +690,31 @@ def _job_line(job: dict[str, Any]) -> str:
     )
 
 
+def _wait_job(client: DynamoClient, job_id: str, args: argparse.Namespace) -> dict[str, Any] | None:
+    """Poll the job until it is no longer running, drawing progress; None on timeout."""
+    deadline = _deadline(args)
+    progress = _Progress()
+    while True:
+        job = client.job(job_id)
+        if str(job.get("state", "running")) != "running":
+            progress.finish(_job_line(job))
+            return job
+        progress.show(_job_line(job))
+        if time.monotonic() >= deadline:
+            progress.finish(progress.last + "  (timed out)")
+            _err(f"{PROG}: job {job_id} still running after {args.wait_timeout:g}s")
+            return None
+        time.sleep(POLL_INTERVAL_S)
+
+
+def _job_failed(job: dict[str, Any], job_id: str) -> int:
+    if str(job.get("state")) == "failed":
+        errors = job.get("errors") or [job.get("error") or "see the node log"]
+        _err(f"{PROG}: job {job_id} failed: {errors[-1]}")
+        return EXIT_OTHER
+    return EXIT_OK
+
+
 def cmd_repair(client: DynamoClient, args: argparse.Namespace) -> int:
     job_id = client.anti_entropy()
     if args.json and not args.wait:
@@ -565,27 +723,35 @@ def cmd_repair(client: DynamoClient, args: argparse.Namespace) -> int:
         _out(job_id)
     if not args.wait:
         return EXIT_OK
-    deadline = _deadline(args)
-    progress = _Progress()
-    while True:
-        job = client.job(job_id)
-        state = str(job.get("state", "running"))
-        if state != "running":
-            progress.finish(_job_line(job))
-            break
-        progress.show(_job_line(job))
-        if time.monotonic() >= deadline:
-            progress.finish(progress.last + "  (timed out)")
-            _err(f"{PROG}: repair job {job_id} still running after {args.wait_timeout:g}s")
-            return EXIT_OTHER
-        time.sleep(POLL_INTERVAL_S)
+    job = _wait_job(client, job_id, args)
+    if job is None:
+        return EXIT_OTHER
     if args.json:
         _print_json(job)
-    if state == "failed":
-        errors = job.get("errors") or [job.get("error") or "see the node log"]
-        _err(f"{PROG}: repair job {job_id} failed: {errors[-1]}")
+    return _job_failed(job, job_id)
+
+
+def render_job(job: dict[str, Any]) -> str:
+    pairs = [
+        (name.replace("_", " "), "-" if value is None else str(value))
+        for name, value in job.items()
+        if not isinstance(value, dict | list) and name not in ("progress",)
+    ]
+    pairs.append(("progress", _job_line(job)))
+    errors = [str(e) for e in job.get("errors") or []]
+    pairs += [("error", e) for e in errors]
+    return _fields(pairs)
+
+
+def cmd_job(client: DynamoClient, args: argparse.Namespace) -> int:
+    job = _wait_job(client, args.job_id, args) if args.wait else client.job(args.job_id)
+    if job is None:
         return EXIT_OTHER
-    return EXIT_OK
+    if args.json:
+        _print_json(job)
+    else:
+        _out(render_job(job))
+    return _job_failed(job, args.job_id)
 
 
 def cmd_local(args: argparse.Namespace) -> int:
@@ -615,10 +781,17 @@ def _connection_options(parser: argparse.ArgumentParser, top: bool) -> None:
     )
     parser.add_argument(
         "--timeout",
-        type=float,
+        type=_positive_seconds,
         metavar="SECONDS",
         default=default(DEFAULT_TIMEOUT_S),
         help=f"network timeout per request (default {DEFAULT_TIMEOUT_S:g})",
+    )
+    parser.add_argument(
+        "--tls-ca",
+        metavar="FILE",
+        default=default(os.environ.get(ENV_TLS_CA) or None),
+        help=f"CA file: talk HTTPS and verify the node against it (default: ${ENV_TLS_CA}; "
+        "--node https://HOST:PORT uses the system's CAs)",
     )
     parser.add_argument(
         "-v",
@@ -632,7 +805,7 @@ def _connection_options(parser: argparse.ArgumentParser, top: bool) -> None:
 def _wait_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--wait-timeout",
-        type=float,
+        type=_non_negative_seconds,
         metavar="SECONDS",
         default=DEFAULT_WAIT_TIMEOUT_S,
         help=f"give up waiting after this long (default {DEFAULT_WAIT_TIMEOUT_S:g}; exit 6)",
@@ -640,7 +813,7 @@ def _wait_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=PROG,
         description="Client and admin tool for dynamokv, a Dynamo-style key-value store.",
         epilog=EPILOG,
@@ -665,21 +838,36 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--json", action="store_true", help="machine-readable JSON output")
 
     def timeout_ms(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument("--timeout-ms", type=int, help="deadline the node applies (ms)")
+        sub.add_argument("--timeout-ms", type=_positive_int, help="deadline the node applies (ms)")
+
+    def key(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("key", type=_non_empty("key"), help="any non-empty UTF-8 string")
 
     p = command("get", "read a key: its value, or all its siblings (exit 3)", cmd_get)
-    p.add_argument("key")
-    p.add_argument("--r", help="read quorum: 1..N, one, quorum or all")
+    key(p)
+    p.add_argument("--r", type=_quorum("r"), help="read quorum: 1..N, one, quorum or all")
     timeout_ms(p)
-    json_flag(p)
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="machine-readable JSON: key, context and the list of siblings, each with "
+        "value_b64 and, for a JSON content type, the parsed value as value",
+    )
 
     p = command("put", "write a key; prints the new context", cmd_put)
-    p.add_argument("key")
+    key(p)
     p.add_argument("value", nargs="?", help="the value ('-' reads stdin)")
     p.add_argument("--file", help="read the value from this file ('-' is stdin)")
     p.add_argument("--context", help="context of the versions this write supersedes")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="read the key first and write with its context: replaces what is there "
+        "instead of adding a sibling (siblings the read shows are resolved into this value)",
+    )
     p.add_argument("--content-type", default=DEFAULT_CONTENT_TYPE, metavar="TYPE")
-    p.add_argument("--w", help="write quorum: 1..N, one, quorum or all")
+    p.add_argument("--r", type=_quorum("r"), help="read quorum for the read of --overwrite")
+    p.add_argument("--w", type=_quorum("w"), help="write quorum: 1..N, one, quorum or all")
     timeout_ms(p)
 
     p = command(
@@ -687,10 +875,10 @@ def build_parser() -> argparse.ArgumentParser:
         "delete a key (without --context: the versions visible now)",
         cmd_delete,
     )
-    p.add_argument("key")
+    key(p)
     p.add_argument("--context", help="context of the versions to delete")
-    p.add_argument("--r", help="read quorum for the read that finds the context")
-    p.add_argument("--w", help="write quorum: 1..N, one, quorum or all")
+    p.add_argument("--r", type=_quorum("r"), help="read quorum for the read that finds the context")
+    p.add_argument("--w", type=_quorum("w"), help="write quorum: 1..N, one, quorum or all")
     timeout_ms(p)
 
     json_flag(command("status", "this node's view of the cluster", cmd_status))
@@ -700,8 +888,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("address", metavar="ADDRESS", help="HOST:PORT of the joining node")
     json_flag(p)
 
+    def force_flag(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument(
+            "--force",
+            action="store_true",
+            help=f"stage it even if fewer than N members remain ({FORCE_COST})",
+        )
+
     p = command("leave", "stage a node leaving the ring", cmd_leave)
     p.add_argument("node_id", metavar="NODE", help="node id as status reports it")
+    force_flag(p)
     json_flag(p)
 
     p = command(
@@ -710,6 +906,7 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_force_remove,
     )
     p.add_argument("node_id", metavar="NODE", help="node id as status reports it")
+    force_flag(p)
     json_flag(p)
 
     p = command(
@@ -735,6 +932,12 @@ def build_parser() -> argparse.ArgumentParser:
     _wait_options(p)
     json_flag(p)
 
+    p = command("job", "show an admin job (e.g. a repair): state and progress", cmd_job)
+    p.add_argument("job_id", metavar="ID", type=_non_empty("job id"), help="the job id")
+    p.add_argument("--wait", action="store_true", help="wait for the job to finish")
+    _wait_options(p)
+    json_flag(p)
+
     p = command("local", "run a real N-node cluster on this machine (Ctrl-C stops)", None)
     p.add_argument("--nodes", type=int, default=LOCAL_NODES, help="number of nodes")
     p.add_argument("--port", type=int, default=LOCAL_PORT, help="node i listens on BASE+i")
@@ -743,7 +946,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, help="replicas per key")
     p.add_argument("--r", type=int, help="default read quorum")
     p.add_argument("--w", type=int, help="default write quorum")
-    p.add_argument("--durability", choices=DURABILITY_MODES)
+    p.add_argument("--durability", choices=DURABILITY_MODES, help="when a write is acknowledged")
+    p.add_argument(
+        "--restart",
+        action="store_true",
+        help="restart a node that exits (default: print the command that restarts it)",
+    )
     return parser
 
 
@@ -766,13 +974,14 @@ def _run(args: argparse.Namespace) -> int:
     if handler is None:
         return cmd_local(args)
     try:
-        client = DynamoClient(
-            args.node, args.token, args.timeout, tls_ca=os.environ.get("DYNAMO_TLS_CA") or None
-        )
+        client = DynamoClient(args.node, args.token, args.timeout, tls_ca=args.tls_ca)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     with client:
-        return handler(client, args)
+        try:
+            return handler(client, args)
+        except ValueError as exc:  # an argument the client refused before sending it
+            raise UsageError(str(exc)) from None
 
 
 def main(argv: list[str] | None = None) -> int:

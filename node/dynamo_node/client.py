@@ -1,9 +1,17 @@
 """A typed, synchronous Python client for one dynamokv node (stdlib only).
 
-`DynamoClient` speaks the HTTP API of DESIGN.md §5 over one keep-alive
-`http.client` connection. A connection the node dropped while it sat idle is
-reopened once, transparently; a node that cannot be reached at all is a
+`DynamoClient` speaks the node's HTTP API (docs/api.md) over one keep-alive
+`http.client` connection; docs/client.md is the guide. A connection the node closed
+while it sat idle is noticed before it is reused and reopened. A request whose
+connection is lost after it was sent is retried only when it is idempotent (GET:
+reads, status, ring, plan, job): a write may have been stored, so it fails with
+`ConnectionFailed(maybe_applied=True)` instead of being sent twice (a second copy of
+a blind write would be a spurious sibling). A node that cannot be reached at all is a
 `ConnectionFailed`. The client is not thread-safe: use one per thread.
+
+Values are bytes; a `str` value is sent as UTF-8. A key, value or context of the wrong
+type is a `TypeError` and an empty key a `ValueError`, both raised before anything is
+sent (the client stays usable).
 
 Versioning follows the paper: `get` returns every sibling plus one opaque context;
 `put` with that context supersedes exactly what was read; `resolve` is the
@@ -17,8 +25,14 @@ Exception tree (every error the client raises on purpose):
     ├── BadRequest              400/413  bad key, context, quorum or value too large
     ├── AuthError               401/403  missing, wrong or under-scoped token
     ├── Unavailable             503      incl. quorum not met (`required`, `answered`)
-    ├── ConnectionFailed        -        the node cannot be reached (refused, timeout)
+    ├── ConnectionFailed        -        the node cannot be reached (refused, timeout,
+    │                                    TLS certificate not verified, connection lost)
+    ├── NotDynamoNode           -        the address answers, but not as a dynamokv node
     └── SiblingsError           -        `GetResult.value` on a key with siblings
+
+`maybe_applied` (every ClientError has it) is True when a failed PUT or DELETE may
+still have been stored on some replicas (a 503 whose body says so, or a connection
+lost after the write was sent): read the key before retrying.
 """
 
 from __future__ import annotations
@@ -27,6 +41,8 @@ import base64
 import binascii
 import http.client
 import json
+import math
+import select
 import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -42,6 +58,14 @@ CONTEXT_HEADER: Final = "X-Dynamo-Context"
 KV_PATH: Final = "/v1/kv/"
 ADMIN_PATH: Final = "/v1/admin/"
 HTTP_SCHEME: Final = "http://"
+HTTPS_SCHEME: Final = "https://"
+#: methods that may be sent again after a lost connection (they change nothing)
+IDEMPOTENT_METHODS: Final = frozenset({"GET", "HEAD"})
+QUORUM_NAMES: Final = ("one", "quorum", "all")
+MAYBE_APPLIED: Final = (
+    "the write may have been applied on some replicas; read the key before retrying"
+)
+ERROR_SNIPPET: Final = 120
 
 # status codes the client interprets (the rest become a plain ClientError)
 HTTP_OK: Final = 200
@@ -52,6 +76,7 @@ HTTP_UNAUTHORIZED: Final = 401
 HTTP_FORBIDDEN: Final = 403
 HTTP_NOT_FOUND: Final = 404
 HTTP_TOO_LARGE: Final = 413
+HTTP_INTERNAL_ERROR: Final = 500
 HTTP_UNAVAILABLE: Final = 503
 NO_STATUS: Final = 0  # the error did not come from an HTTP answer
 
@@ -64,11 +89,15 @@ Json = dict[str, Any]
 class ClientError(Exception):
     """Root of the client's errors: the HTTP status (0 if none), error code, message."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, *, maybe_applied: bool = False
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        #: a failed write that may have been stored on some replicas anyway
+        self.maybe_applied = maybe_applied
 
     def __str__(self) -> str:
         return self.message
@@ -90,7 +119,8 @@ class Unavailable(ClientError):
     """503: the node or the replicas could not serve the request now.
 
     When a quorum was not met, `required` and `answered` say how many replicas were
-    needed and how many answered.
+    needed and how many answered; `maybe_applied` is True when the node says the
+    write may have been stored on some of them.
     """
 
     def __init__(
@@ -100,17 +130,28 @@ class Unavailable(ClientError):
         message: str,
         required: int | None = None,
         answered: int | None = None,
+        *,
+        maybe_applied: bool = False,
     ) -> None:
-        super().__init__(status, code, message)
+        super().__init__(status, code, message, maybe_applied=maybe_applied)
         self.required = required
         self.answered = answered
 
 
 class ConnectionFailed(ClientError):
-    """The node could not be reached (refused, reset, DNS, timed out)."""
+    """The node could not be reached (refused, reset, DNS, timed out, TLS not verified),
+    or the connection was lost. `maybe_applied`: the lost request was a write that had
+    been sent (it is never retried)."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(NO_STATUS, "connection_failed", message)
+    def __init__(self, message: str, *, maybe_applied: bool = False) -> None:
+        super().__init__(NO_STATUS, "connection_failed", message, maybe_applied=maybe_applied)
+
+
+class NotDynamoNode(ClientError):
+    """The address answered HTTP, but not as a dynamokv node does (e.g. an HTML 404)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(status, "not_dynamokv", message)
 
 
 class SiblingsError(ClientError):
@@ -175,8 +216,9 @@ class GetResult:
 
 # --- helpers -----------------------------------------------------------------------------
 def split_node(node: str) -> tuple[str, int]:
-    """ "HOST:PORT" (or "http://HOST:PORT", "[::1]:PORT", "HOST") -> (host, port)."""
-    text = node.strip().removeprefix(HTTP_SCHEME).rstrip("/")
+    """ "HOST:PORT" (or "http://HOST:PORT", "https://HOST:PORT", "[::1]:PORT", "HOST")
+    -> (host, port)."""
+    text = node.strip().removeprefix(HTTP_SCHEME).removeprefix(HTTPS_SCHEME).rstrip("/")
     if text.startswith("["):
         host, _, rest = text[1:].partition("]")
         port_text = rest.removeprefix(":")
@@ -194,7 +236,63 @@ def split_node(node: str) -> tuple[str, int]:
 
 
 def kv_path(key: str) -> str:
-    return KV_PATH + quote(key, safe="")
+    return KV_PATH + quote(_check_key(key), safe="")
+
+
+def _check_key(key: object) -> str:
+    if not isinstance(key, str):
+        raise TypeError(f"key must be a str, not {type(key).__name__}")
+    if not key:
+        raise ValueError("key must not be empty")
+    return key
+
+
+def _check_value(value: object) -> bytes:
+    """The bytes to send: bytes-like as is, str as UTF-8."""
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    raise TypeError(f"value must be bytes or str, not {type(value).__name__}")
+
+
+def _check_context(context: object) -> str | None:
+    if context is not None and not isinstance(context, str):
+        raise TypeError(f"context must be a str or None, not {type(context).__name__}")
+    return _check_header("context", context) if context else None
+
+
+def _check_header(name: str, value: str) -> str:
+    """A value sent in a header: printable ASCII (no line breaks, no control characters)."""
+    if not value.isascii() or not value.isprintable():
+        raise ValueError(f"{name} must be printable ASCII: {value!r}")
+    return value
+
+
+def _check_quorum(name: str, value: object) -> None:
+    """Type and range checks of r/w the client can make without knowing N."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise TypeError(f"{name} must be an int or one of {QUORUM_NAMES}, not {value!r}")
+    if isinstance(value, int) and value < 1:
+        raise ValueError(f"{name} must be at least 1, got {value}")
+
+
+def _check_text(name: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, not {type(value).__name__}")
+    return value
+
+
+def is_dynamo_error(body: bytes) -> bool:
+    """Is `body` a dynamokv error document, {"error": {"code": ..., "message": ...}}?"""
+    try:
+        parsed = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return False
+    error = parsed.get("error") if isinstance(parsed, dict) else None
+    return isinstance(error, dict) and "code" in error and "message" in error
 
 
 def _query(**params: object) -> str:
@@ -203,10 +301,11 @@ def _query(**params: object) -> str:
 
 
 def _error_from(status: int, body: bytes, reason: str) -> ClientError:
-    """The typed error for an unsuccessful answer (body: DESIGN.md §5 error JSON)."""
+    """The typed error for an unsuccessful answer (body: the node's error JSON)."""
     code, message = "http_error", f"HTTP {status} {reason}".strip()
     required: int | None = None
     answered: int | None = None
+    maybe_applied = False
     try:
         parsed = json.loads(body)
     except (ValueError, UnicodeDecodeError):
@@ -217,6 +316,7 @@ def _error_from(status: int, body: bytes, reason: str) -> ClientError:
         message = str(error.get("message", message))
         required = error.get("required") if isinstance(error.get("required"), int) else None
         answered = error.get("answered") if isinstance(error.get("answered"), int) else None
+        maybe_applied = error.get("maybe_applied") is True
     elif body:
         message = f"{message}: {body[:200].decode('utf-8', 'replace')}"
     if status == HTTP_NOT_FOUND:
@@ -226,8 +326,8 @@ def _error_from(status: int, body: bytes, reason: str) -> ClientError:
     if status in (HTTP_UNAUTHORIZED, HTTP_FORBIDDEN):
         return AuthError(status, code, message)
     if status == HTTP_UNAVAILABLE:
-        return Unavailable(status, code, message, required, answered)
-    return ClientError(status, code, message)
+        return Unavailable(status, code, message, required, answered, maybe_applied=maybe_applied)
+    return ClientError(status, code, message, maybe_applied=maybe_applied)
 
 
 def _parse_siblings(key: str, body: bytes) -> list[Sibling]:
@@ -251,12 +351,24 @@ class _Response:
     body: bytes
 
 
+class _Lost(Exception):
+    """A request failed on the wire; `sent`: after (some of) it may have been written."""
+
+    def __init__(self, error: BaseException, sent: bool) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.sent = sent
+
+
 # --- the client ---------------------------------------------------------------------------
 class DynamoClient:
     """A client of one node (any node coordinates any request).
 
-    `node` is "HOST:PORT"; `token` is sent as a bearer token; `timeout` (seconds)
-    bounds connecting and each read from the socket.
+    `node` is "HOST:PORT" (or "https://HOST:PORT" for a TLS node whose certificate the
+    system trusts); `token` is sent as a bearer token; `timeout` (seconds) bounds
+    connecting and each read from the socket; `tls_ca`, a CA file: talk HTTPS and
+    verify the node against it. A bad argument is a ValueError (TypeError for a wrong
+    type) raised here, before any connection.
     """
 
     def __init__(
@@ -266,14 +378,39 @@ class DynamoClient:
         timeout: float = DEFAULT_TIMEOUT_S,
         tls_ca: str | None = None,
     ) -> None:
+        _check_text("node", node)
         self.node = node
         self.host, self.port = split_node(node)
-        self.token = token
+        if token is not None:
+            token = _check_text("token", token).strip()
+            if not token.isascii() or not token.isprintable() or " " in token:
+                raise ValueError("token must be printable ASCII without spaces")
+        self.token = token or None
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+            raise TypeError(f"timeout must be a number of seconds, not {timeout!r}")
+        if not math.isfinite(timeout) or timeout <= 0:
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        self.timeout = float(timeout)
         #: a CA file: talk HTTPS and verify the node against it
         self.tls_ca = tls_ca
-        self.timeout = timeout
+        self._tls: ssl.SSLContext | None = None
+        if tls_ca:
+            _check_text("tls_ca", tls_ca)
+            try:
+                self._tls = ssl.create_default_context(cafile=tls_ca)
+            except FileNotFoundError:
+                raise ValueError(f"CA file {tls_ca}: no such file") from None
+            except (OSError, ssl.SSLError) as exc:
+                reason = getattr(exc, "strerror", None) or exc
+                raise ValueError(f"CA file {tls_ca} is not usable: {reason}") from None
+        elif node.strip().startswith(HTTPS_SCHEME):
+            self._tls = ssl.create_default_context()  # the system's trusted CAs
         self._conn: http.client.HTTPConnection | None = None
         self._reused = False  # has the open connection already served a request?
+
+    @property
+    def uses_tls(self) -> bool:
+        return self._tls is not None
 
     # --- connection ---------------------------------------------------------------------
     def close(self) -> None:
@@ -293,24 +430,50 @@ class DynamoClient:
         self.close()
 
     def _connection(self) -> http.client.HTTPConnection:
+        if self._conn is not None and self._idle_closed(self._conn):
+            self.close()  # the node closed it while idle: never send on it
         if self._conn is None:
-            if self.tls_ca:
-                ctx = ssl.create_default_context(cafile=self.tls_ca)
+            if self._tls is not None:
                 self._conn = http.client.HTTPSConnection(
-                    self.host, self.port, timeout=self.timeout, context=ctx
+                    self.host, self.port, timeout=self.timeout, context=self._tls
                 )
             else:
                 self._conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
             self._reused = False
         return self._conn
 
+    @staticmethod
+    def _idle_closed(conn: http.client.HTTPConnection) -> bool:
+        """Is an idle kept-alive connection readable, i.e. closed by the node (EOF) or
+        holding bytes nobody asked for? Either way it must not carry a request."""
+        sock = conn.sock
+        if sock is None:
+            return False
+        try:
+            readable, _, _ = select.select([sock], [], [], 0)
+        except (OSError, ValueError):
+            return True
+        return bool(readable)
+
     def _exchange(
         self, method: str, path: str, body: bytes | None, headers: Mapping[str, str]
     ) -> _Response:
+        """One request on the wire; failures are `_Lost`, saying whether any of the
+        request may have been written."""
         conn = self._connection()
-        conn.request(method, path, body=body, headers=dict(headers))
-        resp = conn.getresponse()
-        data = resp.read()
+        if conn.sock is None:
+            try:
+                conn.connect()  # nothing of the request is written before this succeeds
+            except (OSError, http.client.HTTPException) as exc:
+                self.close()
+                raise _Lost(exc, sent=False) from None
+        try:
+            conn.request(method, path, body=body, headers=dict(headers))
+            resp = conn.getresponse()
+            data = resp.read()
+        except (OSError, http.client.HTTPException) as exc:
+            self.close()
+            raise _Lost(exc, sent=True) from None
         if resp.will_close:
             self.close()
         else:
@@ -327,73 +490,142 @@ class DynamoClient:
         sent = dict(headers or {})
         if self.token:
             sent["Authorization"] = f"Bearer {self.token}"
+        was_reused = self._conn is not None and self._reused
         try:
-            try:
-                return self._exchange(method, path, body, sent)
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
-                # A kept-alive connection the node closed while idle: the request never
-                # reached it, so one retry on a fresh connection is safe.
-                was_reused = self._reused
-                self.close()
-                if not was_reused:
-                    raise
-                return self._exchange(method, path, body, sent)
-        except TimeoutError:
-            self.close()
-            raise ConnectionFailed(
-                f"node {self.node} did not answer within {self.timeout:g}s"
-            ) from None
-        except (OSError, http.client.HTTPException) as exc:
-            self.close()
-            raise ConnectionFailed(f"cannot reach node {self.node}: {exc}") from None
+            return self._exchange(method, path, body, sent)
+        except _Lost as lost:
+            retry = (
+                method in IDEMPOTENT_METHODS
+                and lost.sent
+                and was_reused
+                and isinstance(lost.error, ConnectionError | http.client.HTTPException)
+            )
+            if not retry:
+                raise self._failure(method, lost, fresh=not was_reused) from None
+        # An idempotent request on a kept-alive connection the node dropped: once more on
+        # a fresh connection (a write is never sent twice: see _failure).
+        try:
+            return self._exchange(method, path, body, sent)
+        except _Lost as lost:
+            raise self._failure(method, lost, fresh=True) from None
+
+    def _failure(self, method: str, lost: _Lost, *, fresh: bool) -> ClientError:
+        """The ConnectionFailed for a request lost on the wire."""
+        error = lost.error
+        maybe_applied = lost.sent and method not in IDEMPOTENT_METHODS
+        suffix = f"; {MAYBE_APPLIED}" if maybe_applied else ""
+        if isinstance(error, ssl.SSLCertVerificationError):
+            reason = error.verify_message or error.reason or str(error)
+            return ConnectionFailed(
+                f"the TLS certificate of node {self.node} could not be verified ({reason}): "
+                "give the cluster's CA file with --tls-ca FILE or DYNAMO_TLS_CA "
+                "(DynamoClient(tls_ca=...))"
+            )
+        if isinstance(error, ssl.SSLError):
+            hint = (
+                "; does the node serve plain HTTP? then drop https:// and the CA"
+                if "WRONG_VERSION_NUMBER" in str(error) or "wrong version" in str(error)
+                else ""
+            )
+            return ConnectionFailed(f"TLS with node {self.node} failed: {error}{hint}")
+        if isinstance(error, TimeoutError):
+            return ConnectionFailed(
+                f"node {self.node} did not answer within {self.timeout:g}s{suffix}",
+                maybe_applied=maybe_applied,
+            )
+        if not lost.sent:
+            return ConnectionFailed(f"cannot reach node {self.node}: {error}")
+        hint = ""
+        if fresh and not self.uses_tls:
+            hint = " (if the node uses TLS: --node https://HOST:PORT, --tls-ca FILE)"
+        return ConnectionFailed(
+            f"connection to node {self.node} lost: {error or type(error).__name__}{hint}{suffix}",
+            maybe_applied=maybe_applied,
+        )
+
+    def _not_dynamo(self, resp: _Response, why: str) -> NotDynamoNode:
+        ctype = resp.headers.get("Content-Type", "no content type")
+        snippet = resp.body[:ERROR_SNIPPET].decode("utf-8", "replace").strip()
+        snippet = " ".join(snippet.split())
+        shown = f": {snippet!r}" if snippet else ""
+        return NotDynamoNode(
+            resp.status,
+            f"{self.host}:{self.port} does not look like a dynamokv node: {why} "
+            f"(HTTP {resp.status} {resp.reason}, {ctype}){shown}",
+        )
+
+    def _error(self, resp: _Response) -> ClientError:
+        """The error for an unsuccessful answer; one without the node's error body
+        (and not a gateway's 5xx) comes from something that is not a dynamokv node."""
+        if resp.status < HTTP_INTERNAL_ERROR and not is_dynamo_error(resp.body):
+            return self._not_dynamo(resp, "no dynamokv error body")
+        return _error_from(resp.status, resp.body, resp.reason)
 
     def _json(self, method: str, path: str, payload: Json | None = None) -> Json:
         body = json.dumps(payload).encode() if payload is not None else None
         headers = {"Content-Type": "application/json"} if body is not None else {}
         resp = self._request(method, ADMIN_PATH + path, body, headers)
         if resp.status >= HTTP_MULTIPLE_CHOICES:
-            raise _error_from(resp.status, resp.body, resp.reason)
+            raise self._error(resp)
         try:
             parsed = json.loads(resp.body)
         except (ValueError, UnicodeDecodeError):
-            raise ClientError(resp.status, "bad_response", f"{path}: not JSON") from None
+            raise self._not_dynamo(resp, f"{path}: not JSON") from None
         if not isinstance(parsed, dict):
-            raise ClientError(resp.status, "bad_response", f"{path}: not a JSON object")
+            raise self._not_dynamo(resp, f"{path}: not a JSON object")
         return parsed
 
     # --- key-value -----------------------------------------------------------------------
     def get(self, key: str, *, r: Quorum | None = None, timeout_ms: int | None = None) -> GetResult:
         """Every visible sibling of `key` plus its context (found is False when absent)."""
+        _check_quorum("r", r)
         resp = self._request("GET", kv_path(key) + _query(r=r, timeout_ms=timeout_ms))
         context = resp.headers.get(CONTEXT_HEADER)
         if resp.status == HTTP_OK:
+            if context is None:
+                raise self._not_dynamo(resp, f"no {CONTEXT_HEADER} header")
             content_type = resp.headers.get("Content-Type", DEFAULT_CONTENT_TYPE)
             return GetResult(key, [Sibling(resp.body, content_type)], context)
         if resp.status == HTTP_MULTIPLE_CHOICES:
+            if context is None:
+                raise self._not_dynamo(resp, f"no {CONTEXT_HEADER} header")
             return GetResult(key, _parse_siblings(key, resp.body), context)
-        if resp.status == HTTP_NOT_FOUND:
+        if resp.status == HTTP_NOT_FOUND and is_dynamo_error(resp.body):
             return GetResult(key, [], context)
-        raise _error_from(resp.status, resp.body, resp.reason)
+        raise self._error(resp)
 
     def put(
         self,
         key: str,
-        value: bytes,
+        value: bytes | str,
         context: str | None = None,
         content_type: str = DEFAULT_CONTENT_TYPE,
         *,
         w: Quorum | None = None,
         timeout_ms: int | None = None,
     ) -> str:
-        """Write `value`; it supersedes the versions `context` covers. Returns the new context."""
-        headers = {"Content-Type": content_type}
+        """Write `value` (bytes; a str is sent as UTF-8); it supersedes the versions
+        `context` covers. Returns the new context.
+
+        A failure after the write was sent (a 503, a lost connection) may still have
+        stored it on some replicas: `error.maybe_applied` is True then; read the key
+        before retrying. A lost write is never resent by the client."""
+        path = kv_path(key)
+        data = _check_value(value)
+        context = _check_context(context)
+        headers = {
+            "Content-Type": _check_header("content_type", _check_text("content_type", content_type))
+        }
         if context:
             headers[CONTEXT_HEADER] = context
-        query = _query(w=w, timeout_ms=timeout_ms)
-        resp = self._request("PUT", kv_path(key) + query, value, headers)
+        _check_quorum("w", w)
+        resp = self._request("PUT", path + _query(w=w, timeout_ms=timeout_ms), data, headers)
         if resp.status >= HTTP_MULTIPLE_CHOICES:
-            raise _error_from(resp.status, resp.body, resp.reason)
-        return resp.headers.get(CONTEXT_HEADER, "")
+            raise self._error(resp)
+        new_context = resp.headers.get(CONTEXT_HEADER)
+        if new_context is None:
+            raise self._not_dynamo(resp, f"no {CONTEXT_HEADER} header")
+        return new_context
 
     def delete(
         self,
@@ -405,20 +637,23 @@ class DynamoClient:
     ) -> None:
         """Write a tombstone superseding the versions `context` covers.
 
-        Without a context the tombstone supersedes nothing (DESIGN.md §2): pass the
-        context of a `get` to delete what was read.
+        Without a context the tombstone supersedes nothing: pass the context of a
+        `get` to delete what was read. Failures: as for `put` (`maybe_applied`).
         """
+        path = kv_path(key)
+        context = _check_context(context)
+        _check_quorum("w", w)
         headers = {CONTEXT_HEADER: context} if context else {}
-        resp = self._request(
-            "DELETE", kv_path(key) + _query(w=w, timeout_ms=timeout_ms), None, headers
-        )
+        resp = self._request("DELETE", path + _query(w=w, timeout_ms=timeout_ms), None, headers)
         if resp.status >= HTTP_MULTIPLE_CHOICES:
-            raise _error_from(resp.status, resp.body, resp.reason)
+            raise self._error(resp)
+        if CONTEXT_HEADER not in resp.headers:
+            raise self._not_dynamo(resp, f"no {CONTEXT_HEADER} header")
 
     def resolve(
         self,
         key: str,
-        merge: Callable[[list[Sibling]], bytes],
+        merge: Callable[[list[Sibling]], bytes | str],
         content_type: str | None = None,
         *,
         w: Quorum | None = None,
@@ -430,6 +665,7 @@ class DynamoClient:
         so it supersedes exactly the siblings merged. `content_type` defaults to the
         siblings' common type (else application/octet-stream). Returns the new context.
         """
+        _check_quorum("w", w)
         result = self.get(key, r=r)
         merged = merge(list(result.siblings))
         if content_type is None:
@@ -448,14 +684,18 @@ class DynamoClient:
         """Stage the running node at `address` joining the ring (commit to apply)."""
         return self._json("POST", "join", {"address": address})
 
-    def leave(self, node: str) -> Json:
-        """Stage node id `node` leaving the ring (commit to apply)."""
-        return self._json("POST", "leave", {"node": node})
+    def leave(self, node: str, *, force: bool = False) -> Json:
+        """Stage node id `node` leaving the ring (commit to apply).
 
-    def force_remove(self, node: str) -> Json:
+        The node refuses (409, code `too_few_members`) a leave that would leave fewer
+        than N members, unless `force`: then keys keep fewer than N replicas."""
+        return self._json("POST", "leave", _member_change(node, force))
+
+    def force_remove(self, node: str, *, force: bool = False) -> Json:
         """Stage node id `node`, gone for good, leaving without its data (commit to
-        apply): its partitions are rebuilt from the surviving replicas."""
-        return self._json("POST", "force-remove", {"node": node})
+        apply): its partitions are rebuilt from the surviving replicas. `force`: as
+        for `leave`."""
+        return self._json("POST", "force-remove", _member_change(node, force))
 
     def replace(self, old: str, new: str) -> Json:
         """Stage `new` (HOST:PORT of a running node, or a member's id) taking the place
@@ -480,4 +720,14 @@ class DynamoClient:
         return job
 
     def job(self, job_id: str) -> Json:
+        """An admin job (e.g. an anti-entropy pass): its state and progress."""
+        if not _check_text("job_id", job_id):
+            raise ValueError("job id must not be empty")
         return self._json("GET", "jobs/" + quote(job_id, safe=""))
+
+
+def _member_change(node: str, force: bool) -> Json:
+    payload: Json = {"node": _check_text("node", node)}
+    if force:
+        payload["force"] = True
+    return payload

@@ -8,7 +8,10 @@ whether a combination is acceptable; `main` and tests build configs through it.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
+import types
+import typing
 from dataclasses import dataclass
 from typing import Literal
 
@@ -145,50 +148,162 @@ class NodeConfig:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
 
     def validate(self) -> None:
-        if not 0 < self.port < 65536:
-            raise InvalidRequest(f"port {self.port} out of range")
+        """Every field's type and range (`FIELD_RULES`), then the combinations."""
+        for f in dataclasses.fields(self):
+            check_field(f.name, getattr(self, f.name))
         if self.peer_port == 0 and self.port + PEER_PORT_OFFSET > 65535:
             raise InvalidRequest("port too high for the default peer port; set peer_port")
-        if self.partitions < 1 or self.partitions & (self.partitions - 1):
+        if self.partitions & (self.partitions - 1):
             raise InvalidRequest(f"partitions must be a power of two, got {self.partitions}")
-        if self.partitions > 1 << 16:
-            raise InvalidRequest("at most 65536 partitions")
-        if not 1 <= self.n <= 16:
-            raise InvalidRequest(f"n must be in 1..16, got {self.n}")
-        if not (1 <= self.r <= self.n and 1 <= self.w <= self.n):
+        if not (self.r <= self.n and self.w <= self.n):
             raise InvalidRequest(f"need 1 <= r, w <= n (n={self.n}, r={self.r}, w={self.w})")
-        if self.durability not in ("sync", "wal"):
-            raise InvalidRequest(f"durability must be 'sync' or 'wal', got {self.durability}")
-        if self.key_max_bytes < 1 or self.value_max_bytes < 0:
-            raise InvalidRequest("key and value limits must be positive")
-        if self.clock_max_entries < 1:
-            raise InvalidRequest("clock_max_entries must be >= 1")
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
             raise InvalidRequest("TLS needs both a certificate and a key file")
         if self.tls_cert_file and not self.tls_ca_file:
             raise InvalidRequest("TLS needs a CA file to verify peers (tls_ca_file)")
-        if self.request_timeout_ms < 1:
-            raise InvalidRequest("request_timeout_ms must be >= 1")
         if self.cluster_id and not _CLUSTER_ID.fullmatch(self.cluster_id):
             raise InvalidRequest(
                 f"cluster id must be 1-64 letters, digits, '.', '_' or '-', got {self.cluster_id!r}"
             )
-        if self.on_corruption not in ("refuse", "replace"):
-            raise InvalidRequest(
-                f"on_corruption must be 'refuse' or 'replace', got {self.on_corruption!r}"
-            )
-        if self.row_cache_bytes is not None and self.row_cache_bytes < 0:
-            raise InvalidRequest("row_cache_bytes must be >= 0")
-        if self.object_max_bytes < 1:
-            raise InvalidRequest("object_max_bytes must be >= 1")
-        if not 1 <= self.siblings_warn <= self.siblings_max:
+        if self.siblings_warn > self.siblings_max:
             raise InvalidRequest("need 1 <= siblings_warn <= siblings_max")
-        if self.http_head_timeout_s <= 0 or self.http_body_timeout_s <= 0:
-            raise InvalidRequest("http_head_timeout_s and http_body_timeout_s must be > 0")
-        if self.max_connections is not None and self.max_connections < 1:
-            raise InvalidRequest("max_connections must be >= 1")
-        if self.peer_hello_timeout_s <= 0 or self.peer_max_unauthenticated < 1:
-            raise InvalidRequest("peer_hello_timeout_s must be > 0, peer_max_unauthenticated >= 1")
 
 
 PEER_PORT_OFFSET = 10000
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """What one NodeConfig field accepts beyond its type (taken from its annotation):
+    `min`/`max` inclusive bounds, `above` an exclusive lower bound, `help` a one-line
+    description (the `dynamo-node` flag's help)."""
+
+    help: str
+    min: float | None = None
+    max: float | None = None
+    above: float | None = None
+
+
+#: the shortest period of a background loop: 0 would make it spin
+MIN_INTERVAL_S = 0.001
+
+#: one rule per NodeConfig field: a field without one fails at import (and in tests)
+FIELD_RULES: dict[str, Rule] = {
+    "data_dir": Rule("RocksDB directory of this node"),
+    "host": Rule("address to bind"),
+    "port": Rule("HTTP port (client + admin API)", min=1, max=65535),
+    "peer_port": Rule("node-to-node port (0: PORT+10000)", min=0, max=65535),
+    "advertise": Rule("host others use to reach this node (default: host)"),
+    "node_id": Rule("stable node id (default: saved, else HOST:PORT)"),
+    "seeds": Rule("nodes of the cluster to join by gossip (HOST:PORT)"),
+    "cluster_id": Rule("the cluster this node belongs to"),
+    "partitions": Rule("Q for a new cluster (a power of two)", min=1, max=1 << 16),
+    "n": Rule("replicas per key", min=1, max=16),
+    "r": Rule("default read quorum (1..n)", min=1, max=16),
+    "w": Rule("default write quorum (1..n)", min=1, max=16),
+    "lww": Rule("last-write-wins instead of siblings"),
+    "key_max_bytes": Rule("longest key (bytes)", min=1),
+    "value_max_bytes": Rule("largest value (bytes)", min=0),
+    "object_max_bytes": Rule("largest object, all siblings together (bytes)", min=1),
+    "siblings_warn": Rule("siblings of a key past which a write is logged", min=1),
+    "siblings_max": Rule("siblings of a key past which a write is refused", min=1),
+    "durability": Rule("when a write is acknowledged"),
+    "fsync_interval_s": Rule("seconds between WAL fsyncs (durability wal)", min=MIN_INTERVAL_S),
+    "row_cache_bytes": Rule("memory for recently used objects (bytes; auto: 1/8 of memory)", min=0),
+    "on_corruption": Rule("a data directory found damaged at start: refuse or replace"),
+    "clock_max_entries": Rule("vector clock entries kept before pruning", min=1),
+    "clock_prune_min_age_s": Rule("never prune a clock entry younger than this (s)", min=0),
+    "request_timeout_ms": Rule("deadline of a coordinated request (ms)", min=1),
+    "peer_connect_timeout_s": Rule("timeout connecting to a peer (s)", above=0),
+    "read_repair": Rule("repair stale replicas on reads"),
+    "hinted_handoff": Rule("keep hints for unreachable replicas"),
+    "hint_delivery_interval_s": Rule("seconds between hint deliveries", min=MIN_INTERVAL_S),
+    "hint_batch": Rule("hints delivered per round", min=1),
+    "gossip_interval_s": Rule("seconds between gossip rounds", min=MIN_INTERVAL_S),
+    "failure_timeout_s": Rule("a peer not heard from this long is down (s)", above=0),
+    "anti_entropy_interval_s": Rule("seconds between anti-entropy rounds (0 disables)", min=0),
+    "transfer_batch_keys": Rule("keys per partition-transfer batch", min=1),
+    "transfer_batch_pause_s": Rule("pause between transfer batches (s, throttle)", min=0),
+    "transfer_concurrency": Rule("partitions sent at the same time", min=1),
+    "tombstone_grace_s": Rule("a tombstone is kept at least this long (s)", min=0),
+    "client_token": Rule('client token ("" disables auth)'),
+    "cluster_token": Rule("cluster (admin/internal) token"),
+    "max_concurrent_requests": Rule("client requests served at the same time", min=1),
+    "http_head_timeout_s": Rule("a request head must arrive within this (s)", above=0),
+    "http_body_timeout_s": Rule("a request body must progress within this (s)", above=0),
+    "max_connections": Rule("open client connections (auto: from the fd limit)", min=1),
+    "peer_hello_timeout_s": Rule("a peer's hello must arrive within this (s)", above=0),
+    "peer_max_unauthenticated": Rule("peer connections waiting for their hello", min=1),
+    "tls_cert_file": Rule("PEM certificate (chain) of this node"),
+    "tls_key_file": Rule("PEM private key of this node"),
+    "tls_ca_file": Rule("PEM CA that signed every node"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class FieldType:
+    """A NodeConfig field's type, from its annotation."""
+
+    kind: type  # int, float, bool or str
+    optional: bool = False  # None is accepted too
+    many: bool = False  # a tuple of `kind`
+    choices: tuple[str, ...] = ()
+
+
+def _field_type(hint: object) -> FieldType:
+    args = typing.get_args(hint)
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        return FieldType(str, choices=tuple(str(a) for a in args))
+    if origin is tuple:
+        return FieldType(args[0], many=True)
+    if origin in (types.UnionType, typing.Union) and type(None) in args:
+        (inner,) = (a for a in args if a is not type(None))
+        return FieldType(inner, optional=True)
+    if hint in (int, float, bool, str):
+        return FieldType(typing.cast(type, hint))
+    raise TypeError(f"NodeConfig: no rule for the type {hint!r}")
+
+
+FIELD_TYPES: dict[str, FieldType] = {
+    name: _field_type(hint) for name, hint in typing.get_type_hints(NodeConfig).items()
+}
+_UNRULED = set(FIELD_TYPES) ^ set(FIELD_RULES)
+if _UNRULED:  # pragma: no cover - caught by tests/node/test_config.py
+    raise RuntimeError(f"NodeConfig fields without a rule in FIELD_RULES: {sorted(_UNRULED)}")
+
+_KIND_NAMES = {int: "an integer", float: "a finite number", bool: "true or false", str: "a string"}
+
+
+def _type_ok(kind: type, value: object) -> bool:
+    if kind is float:
+        return type(value) in (int, float) and math.isfinite(typing.cast(float, value))
+    return type(value) is kind
+
+
+def check_field(name: str, value: object) -> None:
+    """Raise InvalidRequest (naming the field) unless `value` suits field `name`."""
+    ftype = FIELD_TYPES.get(name)
+    if ftype is None:
+        raise InvalidRequest(f"unknown setting {name!r}")
+    rule = FIELD_RULES[name]
+    if value is None and ftype.optional:
+        return
+    what = _KIND_NAMES[ftype.kind]
+    if ftype.many:
+        if not isinstance(value, tuple) or not all(_type_ok(ftype.kind, v) for v in value):
+            raise InvalidRequest(f"{name} must be a list of strings, got {value!r}")
+        return
+    if not _type_ok(ftype.kind, value):
+        extra = " or null" if ftype.optional else ""
+        raise InvalidRequest(f"{name} must be {what}{extra}, got {value!r}")
+    if ftype.choices and value not in ftype.choices:
+        options = " or ".join(repr(c) for c in ftype.choices)
+        raise InvalidRequest(f"{name} must be {options}, got {value!r}")
+    number = typing.cast(float, value)
+    if rule.min is not None and number < rule.min:
+        raise InvalidRequest(f"{name} must be >= {rule.min:g}, got {value!r}")
+    if rule.max is not None and number > rule.max:
+        raise InvalidRequest(f"{name} must be <= {rule.max:g}, got {value!r}")
+    if rule.above is not None and number <= rule.above:
+        raise InvalidRequest(f"{name} must be > {rule.above:g}, got {value!r}")

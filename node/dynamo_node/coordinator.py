@@ -26,11 +26,11 @@ from typing import Any, Protocol
 
 from .codec import CodecError, clock_to_wire, decode_object, encode_object
 from .config import NodeConfig
-from .errors import PeerError, QuorumNotMet, StorageCorrupt
+from .errors import WRITE_REFUSALS, PeerError, QuorumNotMet, StorageCorrupt
 from .hints import HintStore
 from .quorum import effective
 from .storage import skey_hash
-from .transport import Transport
+from .transport import RemoteError, Transport
 from .vclock import VClock
 from .versions import Object, sync, sync_all
 
@@ -327,6 +327,7 @@ class Coordinator:
                 f"write quorum not met: {acked} of {need} required replicas acknowledged",
                 required=need,
                 answered=acked,
+                maybe_applied=True,  # the coordinating replica stored it at least
             )
         return obj
 
@@ -348,6 +349,10 @@ class Coordinator:
         order = sorted(targets, key=lambda t: t[1] is not None)
         args_tail = [clock_to_wire(context), context.pruned, value, content_type]
         last_error: Exception | None = None
+        #: some replica may have stored it: a call timed out or its connection failed
+        #: after it was sent, or its answer did not decode (only an error answer proves
+        #: that the replica did not store it)
+        maybe_applied = False
         for node, hint_for in order:
             remaining = deadline - loop.time()
             if remaining <= 0:
@@ -355,8 +360,15 @@ class Coordinator:
             try:
                 raw = await self._start(node, "put", [skey, *args_tail, hint_for], remaining)
                 obj = decode_object(raw)
+            except RemoteError as exc:
+                refusal = WRITE_REFUSALS.get(exc.remote_code)
+                if refusal is not None:  # the write itself is refused (e.g. too many siblings)
+                    raise refusal(exc.message.removeprefix(f"{exc.remote_code}: ")) from None
+                last_error = exc
+                continue
             except (PeerError, TimeoutError, CodecError) as exc:
                 last_error = exc
+                maybe_applied = True
                 continue
             self.stats.forwarded_puts += 1
             return obj, node
@@ -365,6 +377,7 @@ class Coordinator:
             f"write quorum not met: no replica could coordinate the write ({last_error})",
             required=need,
             answered=0,
+            maybe_applied=maybe_applied,
         )
 
     def _replicate(

@@ -4,9 +4,10 @@ RocksDB needs descriptors for its tables, a new write-ahead log, flushes and com
 when one cannot be opened ("Too many open files") the write fails and the storage is
 marked failed. So at start the node raises its soft RLIMIT_NOFILE to the hard limit and
 splits what it has: RocksDB keeps at most `rocksdb` tables open (it closes the least
-used beyond that), `reserve` stay free for new logs and tables, peers and the process
-itself, and the client port accepts at most `connections` connections (the next ones
-are closed at once, and counted).
+used beyond that), RESERVE plus an eighth of the limit stay free for new logs and tables,
+peers (their connections grow with the cluster) and the process itself, and the client
+port accepts at most `connections` connections (the next ones are closed at once, and
+counted; `config.max_connections` may lower the cap, never raise it: `http1`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ log = logging.getLogger("dynamo.fdbudget")
 
 #: descriptors never handed to clients: WAL and table writes, peers, logs, the process
 RESERVE = 128
+#: and this share of the limit on top, for peer connections and what grows with it
+PEER_SHARE = 8
 MIN_CONNECTIONS = 16
 
 
@@ -32,7 +35,7 @@ class Budget:
     def of(cls, limit: int) -> Budget:
         """The split of `limit` descriptors (pure)."""
         rocksdb = max(32, min(1024, limit // 4))
-        connections = max(MIN_CONNECTIONS, limit - rocksdb - RESERVE)
+        connections = max(MIN_CONNECTIONS, limit - rocksdb - RESERVE - limit // PEER_SHARE)
         return cls(limit, rocksdb, connections)
 
 

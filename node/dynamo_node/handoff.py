@@ -9,6 +9,16 @@ the stream is complete is the transfer marked done in the cluster state (gossipe
 ownership switches after the data moved, never before. Once the ring settles, the
 janitor deletes the partitions this node is no longer a replica of.
 
+Dropping a partition is one range delete of its key range (`Storage.delete_range`: a
+range tombstone, O(1) on the loop; the space is reclaimed by a compaction in the
+background) and the reset of its Merkle tree, one partition per loop iteration. A
+dropped partition is remembered (per ring version) and never looked at again: deleting
+key by key left a tombstone per key, and every later pass re-scanned the dropped ranges
+stepping over all of them (seconds on the loop per pass at 1M keys). Only a write that
+lands in a dropped partition afterwards (a coordinator with an older ring) makes it due
+again, seen by the replica's change listener. A partition not yet remembered (after a
+start, or under a new ring) costs one seek to find whether it holds anything.
+
 A transfer out of a partition one of whose replicas was removed for good (force-remove,
 replace) is a *rebuild*: the receiving node pulls the partition from every surviving
 replica with the anti-entropy exchange, waiting while one of them is down (with W
@@ -25,9 +35,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .errors import PeerError
-from .storage import Family, partition_keys
+from .ring import partition_of
+from .storage import Family, partition_keys, skey_hash
 
 if TYPE_CHECKING:
+    from .membership import ClusterState
     from .node import Node
 
 log = logging.getLogger("dynamo.handoff")
@@ -35,7 +47,6 @@ log = logging.getLogger("dynamo.handoff")
 META_XFER = b"xfer:"
 JANITOR_INTERVAL_S = 2.0
 RETRY_PAUSE_S = 1.0
-DROP_BATCH = 1000
 
 
 @dataclass(slots=True)
@@ -55,6 +66,19 @@ class Handoff:
         self.keys_received = 0
         self._tasks: dict[tuple[int, str], asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
+        #: partitions dropped under ring `_dropped_ring` (and not written to since)
+        self._dropped: set[int] = set()
+        self._dropped_ring: tuple[int, int] | None = None
+        #: partitions dropped since the start
+        self.partitions_dropped = 0
+        node.replica.listeners.append(self._on_change)
+
+    def _on_change(self, skey: bytes, old: bytes | None, new: bytes | None) -> None:
+        """A write into a dropped partition makes the janitor drop it again."""
+        if self._dropped and new is not None:
+            state = self.node.state
+            if state is not None:
+                self._dropped.discard(partition_of(skey_hash(skey), state.partitions))
 
     def received(self, count: int) -> None:
         self.keys_received += count
@@ -195,26 +219,46 @@ class Handoff:
             except Exception:
                 log.exception("janitor failed")
 
+    @staticmethod
+    def _settled(state: ClusterState | None, me: str) -> bool:
+        return state is not None and state.next is None and me in state.members
+
     async def drop_foreign_partitions(self) -> int:
+        """Drop every partition this node is not a replica of in the settled ring (no
+        plan in progress, so no transfer out of it is pending); returns how many held
+        data and were dropped in this pass (each one once, see the module docstring)."""
         node = self.node
+        me = node.node_id
         state = node.state
-        if state is None or state.next is not None or node.node_id not in state.members:
+        if state is None or not self._settled(state, me):
             return 0
+        ring = (state.ring.version, state.partitions)
+        if ring != self._dropped_ring:
+            self._dropped, self._dropped_ring = set(), ring
         dropped = 0
         for p in range(state.partitions):
-            if node.node_id in state.preference_list(p):
+            if p in self._dropped:
+                continue
+            state = node.state  # may have changed at the last yield: checked again
+            if state is None or not self._settled(state, me):
+                break
+            if (state.ring.version, state.partitions) != ring:
+                break  # the next pass starts over with the new ring
+            if me in state.preference_list(p):
                 continue
             start, end = partition_keys(p, state.partitions)
-            while True:
-                batch = node.storage.scan(Family.OBJECTS, start, end, DROP_BATCH)
-                if not batch:
-                    break
-                for skey, _ in batch:
-                    node.replica.remove(skey)
-                dropped += len(batch)
-                await asyncio.sleep(0)
+            # one seek: a range already empty (dropped before a restart or under an
+            # earlier ring) costs no range tombstone and no compaction
+            if node.storage.scan(Family.OBJECTS, start, end, 1):
+                node.storage.delete_range(Family.OBJECTS, start, end)
+                node.commit_log.issued()
+                dropped += 1
+            node.anti_entropy.discard(p)
+            self._dropped.add(p)
+            await asyncio.sleep(0)
         if dropped:
-            log.info("dropped %d keys of partitions this node no longer replicates", dropped)
+            self.partitions_dropped += dropped
+            log.info("dropped %d partition(s) this node no longer replicates", dropped)
         return dropped
 
     async def stop(self) -> None:

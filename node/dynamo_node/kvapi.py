@@ -19,7 +19,14 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote_to_bytes
 
 from .context import ContextCodec
-from .errors import DynamoError, Forbidden, InvalidKey, QuorumNotMet, Unauthorized
+from .errors import (
+    DynamoError,
+    Forbidden,
+    InvalidKey,
+    InvalidParameter,
+    QuorumNotMet,
+    Unauthorized,
+)
 from .node import Node
 from .quorum import parse_quorum, parse_timeout_ms
 from .storage import storage_key
@@ -51,6 +58,8 @@ def error_reply(exc: DynamoError) -> Reply:
     body: dict[str, Any] = {"code": exc.code, "message": exc.message}
     if isinstance(exc, QuorumNotMet):
         body.update(required=exc.required, answered=exc.answered)
+        if exc.maybe_applied:
+            body["maybe_applied"] = True
     headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
     return json_reply(exc.status, {"error": body}, headers)
 
@@ -78,7 +87,12 @@ class Authorizer:
         if scope == "open":
             return
         header = authorization or ""
-        token = header[7:].strip().encode() if header[:7].lower() == "bearer " else b""
+        try:
+            # a header's bytes beyond ASCII come as latin-1 (http1) or with surrogate
+            # escapes (aiohttp): never a token, and never an error
+            token = header[7:].strip().encode() if header[:7].lower() == "bearer " else b""
+        except UnicodeEncodeError:
+            raise Unauthorized("invalid token") from None
         if not token:
             raise Unauthorized("missing bearer token")
         is_cluster = bool(self._cluster) and hmac.compare_digest(token, self._cluster)
@@ -139,6 +153,34 @@ def query_value(query: str, name: str) -> str | None:
     return None
 
 
+#: the query parameters each kv method accepts
+READ_PARAMETERS = frozenset({"r", "timeout_ms"})
+WRITE_PARAMETERS = frozenset({"w", "timeout_ms"})
+
+
+def parse_query(query: str, allowed: frozenset[str]) -> dict[str, str]:
+    """The parameters of a query string, each at most once and all in `allowed`; else
+    InvalidParameter naming the offenders (a misspelt `W=all` must not silently write
+    at the default W)."""
+    params: dict[str, str] = {}
+    repeated: list[str] = []
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        if name in params:
+            repeated.append(name)
+        params[name] = value
+    unknown = sorted(name for name in params if name not in allowed)
+    if unknown:
+        names = ", ".join(repr(name) for name in unknown)
+        accepted = ", ".join(sorted(allowed))
+        raise InvalidParameter(
+            f"unknown query parameter(s) {names} for this method; accepted: {accepted}"
+        )
+    if repeated:
+        names = ", ".join(repr(name) for name in sorted(set(repeated)))
+        raise InvalidParameter(f"query parameter(s) {names} given more than once")
+    return params
+
+
 class KvApi:
     def __init__(self, node: Node, codec: ContextCodec) -> None:
         self.node = node
@@ -147,20 +189,26 @@ class KvApi:
         self.key_max_bytes = node.config.key_max_bytes
         self.value_max_bytes = node.config.value_max_bytes
 
-    def _timeout(self, query: str) -> int:
+    def _options(self, query: str, name: str, allowed: frozenset[str]) -> tuple[int | None, int]:
+        """(r or w, or None for the default; timeout_ms) from a query string (none: the
+        defaults, without parsing anything)."""
         if not query:
-            return self.config.request_timeout_ms
-        return parse_timeout_ms(query_value(query, "timeout_ms"), self.config.request_timeout_ms)
+            return None, self.config.request_timeout_ms
+        params = parse_query(query, allowed)
+        n = self.node.require_state().n
+        quorum = parse_quorum(params.get(name), n, 0, name)
+        timeout_ms = parse_timeout_ms(params.get("timeout_ms"), self.config.request_timeout_ms)
+        return quorum, timeout_ms
 
     async def get(self, raw_path: str, query: str) -> Reply:
         key = parse_key(raw_path, self.key_max_bytes)
-        n = self.node.require_state().n
-        r = parse_quorum(query_value(query, "r"), n, 0, "r") if query else None
-        timeout_ms = self._timeout(query)
-        obj = await self.node.coordinator.get(storage_key(key), r, timeout_ms)
+        r, timeout_ms = self._options(query, "r", READ_PARAMETERS)
+        self.node.require_state()
+        skey = storage_key(key)
+        obj = await self.node.coordinator.get(skey, r, timeout_ms)
         if obj.empty:
             return json_reply(404, _not_found(key))
-        context = self.codec.encode(obj.context())
+        context = self.codec.encode(obj.context(), skey)
         visible = obj.visible()
         if not visible:  # only tombstones: 404 with the context that supersedes them
             return json_reply(404, _not_found(key), {CONTEXT_HEADER: context})
@@ -193,13 +241,13 @@ class KvApi:
     ) -> Reply:
         """PUT (body is the value) or DELETE (body None: a tombstone)."""
         key = parse_key(raw_path, self.key_max_bytes)
-        n = self.node.require_state().n
-        w = parse_quorum(query_value(query, "w"), n, 0, "w") if query else None
-        timeout_ms = self._timeout(query)
-        context = self.codec.decode(context_header)
+        w, timeout_ms = self._options(query, "w", WRITE_PARAMETERS)
+        self.node.require_state()
+        skey = storage_key(key)
+        context = self.codec.decode(context_header, skey)
         ctype = "" if body is None else (content_type or DEFAULT_CONTENT_TYPE)[:MAX_CONTENT_TYPE]
-        obj = await self.node.coordinator.put(storage_key(key), context, body, ctype, w, timeout_ms)
-        return Reply(204, {CONTEXT_HEADER: self.codec.encode(obj.context())})
+        obj = await self.node.coordinator.put(skey, context, body, ctype, w, timeout_ms)
+        return Reply(204, {CONTEXT_HEADER: self.codec.encode(obj.context(), skey)})
 
 
 def _not_found(key: str) -> dict[str, Any]:

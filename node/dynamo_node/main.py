@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
+import errno
 import gc
 import json
 import logging
 import os
 import signal
+import socket
 import sys
 from dataclasses import fields
 from typing import Any
@@ -18,7 +20,7 @@ import msgpack
 import uvloop
 from aiohttp import web
 
-from .config import NodeConfig
+from .config import FIELD_RULES, FIELD_TYPES, NodeConfig, check_field
 from .errors import DynamoError
 from .fdbudget import Budget, budget
 from .http1 import KvServer
@@ -41,7 +43,14 @@ SHUTDOWN_TIMEOUT_S = 5.0
 STOP_DEADLINE_S = 10.0
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dynamo-node", description="Run one dynamokv node.")
     p.add_argument("--data-dir", required=True, help="RocksDB directory of this node")
     p.add_argument("--port", type=int, required=True, help="HTTP port (client + admin API)")
@@ -53,6 +62,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--node-id", default="", help="stable node id (default: saved, else HOST:PORT)")
     p.add_argument(
         "--seed",
+        "--seeds",
+        dest="seed",
         action="append",
         default=[],
         metavar="HOST:PORT",
@@ -70,44 +81,77 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--r", type=int, help="default read quorum")
     p.add_argument("--w", type=int, help="default write quorum")
     p.add_argument("--durability", choices=["sync", "wal"], help="when a write is acknowledged")
-    p.add_argument("--lww", action="store_true", default=None, help="last-write-wins mode")
-    p.add_argument("--no-hinted-handoff", dest="hinted_handoff", action="store_false", default=None)
+    p.add_argument(
+        "--lww", action=argparse.BooleanOptionalAction, default=None, help="last-write-wins mode"
+    )
+    p.add_argument(
+        "--hinted-handoff",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="keep hints for unreachable replicas (default on)",
+    )
     p.add_argument(
         "--anti-entropy-interval",
+        "--anti-entropy-interval-s",
         dest="anti_entropy_interval_s",
         type=float,
         help="seconds between periodic anti-entropy rounds (default 600; 0 disables)",
     )
     p.add_argument(
         "--tombstone-grace",
+        "--tombstone-grace-s",
         dest="tombstone_grace_s",
         type=float,
         help="seconds a tombstone is kept at least before GC",
     )
-    p.add_argument("--gossip-interval", dest="gossip_interval_s", type=float)
+    p.add_argument(
+        "--gossip-interval",
+        "--gossip-interval-s",
+        dest="gossip_interval_s",
+        type=float,
+        help="seconds between gossip rounds",
+    )
     p.add_argument(
         "--transfer-batch",
+        "--transfer-batch-keys",
         dest="transfer_batch_keys",
         type=int,
         help="keys per partition-transfer batch",
     )
     p.add_argument(
         "--transfer-pause",
+        "--transfer-batch-pause-s",
         dest="transfer_batch_pause_s",
         type=float,
         help="seconds to pause between transfer batches (throttle)",
     )
-    p.add_argument("--failure-timeout", dest="failure_timeout_s", type=float)
+    p.add_argument(
+        "--failure-timeout",
+        "--failure-timeout-s",
+        dest="failure_timeout_s",
+        type=float,
+        help="a peer not heard from this long (seconds) is reported down",
+    )
     p.add_argument("--client-token-file", help="file holding the client token")
     p.add_argument("--cluster-token-file", help="file holding the cluster (admin/internal) token")
-    p.add_argument("--tls-cert", dest="tls_cert_file", help="PEM certificate (chain) of this node")
-    p.add_argument("--tls-key", dest="tls_key_file", help="PEM private key of this node")
-    p.add_argument("--tls-ca", dest="tls_ca_file", help="PEM CA that signed every node")
+    p.add_argument(
+        "--tls-cert",
+        "--tls-cert-file",
+        dest="tls_cert_file",
+        help="PEM certificate (chain) of this node",
+    )
+    p.add_argument(
+        "--tls-key", "--tls-key-file", dest="tls_key_file", help="PEM private key of this node"
+    )
+    p.add_argument(
+        "--tls-ca", "--tls-ca-file", dest="tls_ca_file", help="PEM CA that signed every node"
+    )
     p.add_argument("--max-concurrent-requests", dest="max_concurrent_requests", type=int)
     p.add_argument(
         "--row-cache-bytes",
         dest="row_cache_bytes",
         type=_cache_bytes,
+        default=argparse.SUPPRESS,
         help="memory for recently used objects: bytes, 0 (off) or auto (the default: "
         "1/8 of the memory limit, cgroup or machine)",
     )
@@ -120,8 +164,60 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "refuse to start, exit 65 (the default), or replace: move it aside to "
         "DIR.corrupt-TIMESTAMP and start empty, refilling from the other replicas",
     )
-    p.add_argument("--log-level", default=os.environ.get("DYNAMO_LOG_LEVEL", "INFO"))
-    return p.parse_args(argv)
+    p.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        default=os.environ.get("DYNAMO_LOG_LEVEL", "INFO"),
+        help="DEBUG, INFO (the default; env DYNAMO_LOG_LEVEL), WARNING, ERROR or CRITICAL",
+    )
+    add_field_flags(p)
+    return p
+
+
+#: NodeConfig fields set through a flag of another name (the tokens: from a file or the
+#: environment, never on the command line where `ps` shows them)
+FIELD_DESTS = {
+    "seeds": "seed",
+    "client_token": "client_token_file",
+    "cluster_token": "cluster_token_file",
+}
+
+
+def field_dest(name: str) -> str:
+    """The argparse dest that sets NodeConfig field `name`."""
+    return FIELD_DESTS.get(name, name)
+
+
+def add_field_flags(p: argparse.ArgumentParser) -> None:
+    """A flag `--FIELD-NAME` for every NodeConfig field no flag above sets, generated from
+    the dataclass so none is forgotten; unset flags leave the attribute absent."""
+    taken = {action.dest for action in p._actions}
+    for f in fields(NodeConfig):
+        if field_dest(f.name) in taken:
+            continue
+        ftype, rule = FIELD_TYPES[f.name], FIELD_RULES[f.name]
+        flag = "--" + f.name.replace("_", "-")
+        common: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS}
+        default = "auto" if f.default is None else f.default
+        text = f"{rule.help} (default {default})"
+        if ftype.kind is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, help=text, **common)
+        elif ftype.choices:
+            p.add_argument(flag, choices=ftype.choices, help=text, **common)
+        elif ftype.optional:
+            p.add_argument(flag, type=_int_or_auto, metavar="N|auto", help=text, **common)
+        else:
+            p.add_argument(flag, type=ftype.kind, help=text, **common)
+
+
+def _int_or_auto(text: str) -> int | None:
+    if text == "auto":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'auto', got {text!r}") from None
 
 
 def _cache_bytes(text: str) -> int | None:
@@ -144,42 +240,84 @@ def row_cache_bytes(config: NodeConfig, limit: int | None) -> int:
 
 
 def _read_token(path: str | None, env: str) -> str | None:
-    if path:
+    """The token in file `path` (stripped), else in environment variable `env`; None
+    when neither is given (an unset or empty variable). A file that is empty or holds
+    only whitespace, or a variable of only whitespace, is an error: never "auth off"."""
+    if path is not None:
+        if not path:
+            raise DynamoError(f"an empty token file path was given (instead of {env})")
         with open(path, encoding="utf-8") as f:
-            return f.read().strip()
-    value = os.environ.get(env)
-    return value.strip() if value else None
+            value = f.read().strip()
+        if not value:
+            raise DynamoError(f"{path}: the token file is empty")
+        return value
+    raw = os.environ.get(env)
+    if not raw:
+        return None
+    value = raw.strip()
+    if not value:
+        raise DynamoError(f"{env} holds only whitespace: set it to a token or unset it")
+    return value
+
+
+def check_tokens(client: Any, cluster: Any) -> None:
+    """Any auth needs the cluster token: it guards the node-to-node (peer) port and the
+    admin API, which a client token alone would leave open to anyone."""
+    for name, value in (("client_token", client), ("cluster_token", cluster)):
+        if isinstance(value, str) and value and not value.strip():
+            raise DynamoError(f"{name} holds only whitespace")
+    if client and not cluster:
+        raise DynamoError(
+            "a client token is set (--client-token-file or DYNAMO_CLIENT_TOKEN) but no "
+            "cluster token: set --cluster-token-file or DYNAMO_CLUSTER_TOKEN too (it "
+            "guards the node-to-node port and the admin API, which would be open otherwise)"
+        )
+
+
+def load_config_file(path: str) -> dict[str, Any]:
+    """The settings of a `--config` JSON file, each type-checked: every error names the
+    file and the field."""
+    with open(path, encoding="utf-8") as f:
+        try:
+            loaded = json.load(f)
+        except ValueError as exc:
+            raise DynamoError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(loaded, dict):
+        raise DynamoError(f"{path}: expected a JSON object")
+    known = {f.name for f in fields(NodeConfig)}
+    unknown = set(loaded) - known
+    if unknown:
+        raise DynamoError(f"{path}: unknown settings {sorted(unknown)}")
+    if isinstance(loaded.get("seeds"), list):
+        loaded["seeds"] = tuple(loaded["seeds"])
+    for name, value in loaded.items():
+        try:
+            check_field(name, value)
+        except DynamoError as exc:
+            raise DynamoError(f"{path}: {exc}") from None
+    return loaded
 
 
 def build_config(args: argparse.Namespace) -> NodeConfig:
-    settings: dict[str, Any] = {}
-    if args.config:
-        with open(args.config, encoding="utf-8") as f:
-            loaded = json.load(f)
-        if not isinstance(loaded, dict):
-            raise DynamoError(f"{args.config}: expected a JSON object")
-        known = {f.name for f in fields(NodeConfig)}
-        unknown = set(loaded) - known
-        if unknown:
-            raise DynamoError(f"{args.config}: unknown settings {sorted(unknown)}")
-        settings.update(loaded)
+    settings: dict[str, Any] = load_config_file(args.config) if args.config else {}
     explicit = {
         "data_dir", "port", "host", "peer_port", "advertise", "node_id", "seeds", "cluster_id",
     }  # fmt: skip
+    given = vars(args)
     for name in sorted({f.name for f in fields(NodeConfig)} - explicit):
-        if not hasattr(args, name):
+        if name not in given:
             continue
-        value = getattr(args, name)
-        if value is not None:
+        value = given[name]
+        # None: not given; but flags of optional fields are absent unless given ("auto")
+        if value is not None or FIELD_TYPES[name].optional:
             settings[name] = value
-    if "seeds" in settings:
-        settings["seeds"] = tuple(settings["seeds"])
     client = _read_token(args.client_token_file, "DYNAMO_CLIENT_TOKEN")
     cluster = _read_token(args.cluster_token_file, "DYNAMO_CLUSTER_TOKEN")
     if client is not None:
         settings["client_token"] = client
     if cluster is not None:
         settings["cluster_token"] = cluster
+    check_tokens(settings.get("client_token", ""), settings.get("cluster_token", ""))
     settings.update(
         data_dir=args.data_dir,
         port=args.port,
@@ -216,11 +354,16 @@ async def serve(config: NodeConfig) -> None:
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # SIGHUP: terminal closed
         loop.add_signal_handler(sig, stop.set)
     kv: KvServer | None = None
     try:
-        await node.start()
+        try:
+            await node.start()
+        except OSError as exc:
+            raise StartupError(
+                f"cannot listen on peer port {config.host}:{config.effective_peer_port}: {exc}"
+            ) from None
         tune_gc()
         await runner.setup()
         assert runner.server is not None
@@ -237,7 +380,10 @@ async def serve(config: NodeConfig) -> None:
         metrics.add_live(
             dict, lambda: {"http_connections_refused_total": refused.refused_connections}
         )
-        await kv.start(config.host, config.port, ssl=server_context(config))
+        try:
+            await kv.start(config.host, config.port, ssl=server_context(config))
+        except OSError as exc:
+            raise StartupError(f"cannot listen on port {config.address}: {exc}") from None
         log.info(
             "dynamo-node %s ready on %s://%s (peer port %d, data %s, durability %s)",
             node.node_id,
@@ -253,6 +399,46 @@ async def serve(config: NodeConfig) -> None:
         await _shutdown(kv, runner, node)
 
 
+class StartupError(Exception):
+    """The node cannot start as configured (a busy port, a data directory in use or
+    unusable): one line on stderr, exit 2."""
+
+
+def is_lock_error(exc: BaseException) -> bool:
+    """RocksDB's refusal to open a directory another process holds open."""
+    return "lock file" in str(exc).lower()
+
+
+def check_data_dir(path: str) -> None:
+    """The data directory exists (created if missing) and is writable."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise StartupError(f"cannot use data directory {path}: {exc.strerror or exc}") from None
+    if not os.path.isdir(path):
+        raise StartupError(f"cannot use data directory {path}: not a directory")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise StartupError(f"cannot use data directory {path}: not writable")
+
+
+def check_port(host: str, port: int, what: str) -> None:
+    """`port` can be bound on `host` (as the servers bind it, with SO_REUSEADDR)."""
+    try:
+        infos = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+        family, kind, proto, _, address = infos[0]
+        with socket.socket(family, kind, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(address)
+    except OSError as exc:
+        busy = exc.errno == errno.EADDRINUSE
+        hint = " (another dynamo-node, or another program, listens there)" if busy else ""
+        raise StartupError(
+            f"cannot listen on {what} {host}:{port}: {exc.strerror or exc}{hint}"
+        ) from None
+
+
 def open_storage(config: NodeConfig, cache: int, fds: Budget) -> tuple[RocksStorage, NodeConfig]:
     """Open the data directory; if RocksDB reports it damaged, refuse to start (exit 65)
     or, with on_corruption=replace, move it aside and start empty (a replacement)."""
@@ -260,6 +446,10 @@ def open_storage(config: NodeConfig, cache: int, fds: Budget) -> tuple[RocksStor
         storage = RocksStorage(config.data_dir, row_cache_bytes=cache, max_open_files=fds.rocksdb)
         return storage, config
     except Exception as exc:
+        if is_lock_error(exc):
+            raise StartupError(f"another dynamo-node is using {config.data_dir} ({exc})") from None
+        if isinstance(exc, OSError):
+            raise StartupError(f"cannot open data directory {config.data_dir}: {exc}") from None
         if not is_corruption(exc):
             raise
         damage = exc
@@ -410,6 +600,7 @@ def install_metrics(node: Node, metrics: Metrics) -> None:
             "row_cache_misses_total": getattr(node.storage, "row_misses", 0),
             "clock_prune_suspects_total": node.replica.stats.prune_suspects,
             "gossip_foreign_refused_total": node.foreign_gossip,
+            "peer_connections_refused_total": node._rpc.refused,
             "storage_corruption_total": getattr(node.storage, "corruptions", 0),
             **extra,
         }
@@ -419,6 +610,9 @@ def install_metrics(node: Node, metrics: Metrics) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.log_level.upper() not in LOG_LEVELS:  # a bad DYNAMO_LOG_LEVEL
+        print(f"dynamo-node: unknown log level {args.log_level!r}", file=sys.stderr)
+        raise SystemExit(2)
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -430,5 +624,12 @@ def main(argv: list[str] | None = None) -> None:
     except (DynamoError, OSError, ValueError, TypeError) as exc:
         print(f"dynamo-node: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    # uvloop: libuv's event loop, a large share more requests per core than asyncio's
-    uvloop.run(serve(config))
+    try:
+        check_data_dir(config.data_dir)
+        check_port(config.host, config.port, "port")
+        check_port(config.host, config.effective_peer_port, "peer port")
+        # uvloop: libuv's event loop, a large share more requests per core than asyncio's
+        uvloop.run(serve(config))
+    except StartupError as exc:
+        print(f"dynamo-node: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -36,6 +36,7 @@ from .handoff import Handoff
 from .hints import HintStore
 from .liveness import FailureDetector
 from .membership import ClusterState, Member
+from .quorum import effective
 from .refill import Refill
 from .replica import Replica
 from .ring import partition_of
@@ -112,7 +113,12 @@ class Node:
         self._tasks: list[asyncio.Task[None]] = []
         # replies to writes leave only once the writes are in the WAL (grouped writes)
         self._rpc = RpcServer(
-            self.handle_peer, config.cluster_token, fast=self.serve_now, before=storage.flush
+            self.handle_peer,
+            config.cluster_token,
+            fast=self.serve_now,
+            before=storage.flush,
+            hello_timeout_s=config.peer_hello_timeout_s,
+            max_unauthenticated=config.peer_max_unauthenticated,
         )
         self.transport: Transport = (
             transport_factory(self)
@@ -434,7 +440,7 @@ class Node:
         if hint_for:
             current = self.hints.read(skey, hint_for)
             ops: list[Any] = []
-            new = self.replica.new_version(current, context, value, content_type, ops)
+            new = self.replica.new_version(current, context, value, content_type, ops, skey=skey)
             self.hints.store(skey, hint_for, new, ops)
             return new
         return self.replica.apply_put(skey, context, value, content_type)
@@ -605,6 +611,9 @@ class Node:
             **self.anti_entropy.counters(),
             "transfer_keys_sent_total": self.handoff.keys_sent,
             "keys_merged_in_bulk_total": self.handoff.keys_received,
+            "siblings_warned_total": self.replica.stats.siblings_warned,
+            "siblings_refused_total": self.replica.stats.siblings_refused,
+            "objects_too_large_total": self.replica.stats.objects_too_large,
         }
 
     # --- views ------------------------------------------------------------------------------
@@ -665,11 +674,26 @@ class Node:
             "n": state.n if state else self.config.n,
             "r": self.config.r,
             "w": self.config.w,
+            "effective": self.effective_replication(),
             "partitions_total": state.partitions if state else self.config.partitions,
             "staged": self.claimant.staged(),
             "durability": self.config.durability,
             "uptime_s": round(time.time() - self.started_at, 3),
             "pid": os.getpid(),
+        }
+
+    def effective_replication(self) -> dict[str, int]:
+        """The N, R and W requests really get by default: with fewer ring members than
+        N a preference list has only that many nodes, and the coordinator clamps the
+        default R and W to it (`quorum.effective`)."""
+        state = self.state
+        n = state.n if state else self.config.n
+        if state is not None:
+            n = len(self._lists(state, 0)[0])
+        return {
+            "n": n,
+            "r": effective(None, self.config.r, n),
+            "w": effective(None, self.config.w, n),
         }
 
     def ring_view(self) -> dict[str, Any]:

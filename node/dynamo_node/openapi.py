@@ -6,9 +6,18 @@ schemathesis against a live node with this document.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from . import __version__
+from .config import NodeConfig
+
+#: the limits the document states by default: a node's configured defaults
+_DEFAULTS: dict[str, int] = {
+    f.name: f.default
+    for f in dataclasses.fields(NodeConfig)
+    if isinstance(f.default, int) and not isinstance(f.default, bool)
+}
 
 _ERROR = {
     "type": "object",
@@ -17,7 +26,25 @@ _ERROR = {
         "error": {
             "type": "object",
             "required": ["code", "message"],
-            "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+            "properties": {
+                "code": {"type": "string"},
+                "message": {"type": "string"},
+                "required": {
+                    "type": "integer",
+                    "description": "quorum_not_met: the replicas the request needed",
+                },
+                "answered": {
+                    "type": "integer",
+                    "description": "quorum_not_met: the replicas that answered in time",
+                },
+                "maybe_applied": {
+                    "type": "boolean",
+                    "description": "a PUT or DELETE answered 503 after the write reached a "
+                    "replica: it may have been applied on some replicas (and may spread "
+                    "to the others); read the key before retrying. Absent otherwise, and "
+                    "on reads",
+                },
+            },
         }
     },
 }
@@ -31,25 +58,46 @@ def _err(description: str) -> dict[str, Any]:
 
 
 _CTX_HEADER = {
-    "X-Dynamo-Context": {"schema": {"type": "string"}, "description": "opaque causal context"}
+    "X-Dynamo-Context": {
+        "schema": {"type": "string"},
+        "description": "opaque causal context, valid for this key only",
+    }
 }
 
-_KEY = {
-    "name": "key",
-    "in": "path",
-    "required": True,
-    "description": "the key, UTF-8, percent-encoded, 1..1024 bytes",
-    # 1..1024 UTF-8 bytes: 256 characters always fit
-    "schema": {"type": "string", "minLength": 1, "maxLength": 256},
-}
+
+def _key(max_bytes: int) -> dict[str, Any]:
+    return {
+        "name": "key",
+        "in": "path",
+        "required": True,
+        "description": f"the key: UTF-8, percent-encoded, 1..{max_bytes} bytes once decoded "
+        "(the node's key_max_bytes; a longer key is a 400 invalid_key)",
+        # a UTF-8 character is at most 4 bytes: this many characters always fit
+        "schema": {"type": "string", "minLength": 1, "maxLength": max(1, max_bytes // 4)},
+    }
+
+
+#: the query-parameter rules of the kv operations
+_QUERY_RULES = (
+    "Only the parameters listed are accepted: an unknown or misspelt one (`W=all`), `r` "
+    "on a PUT or DELETE, `w` on a GET, or a parameter given twice is a 400 "
+    "`invalid_parameter` naming it, never silently ignored."
+)
 
 
 def _quorum(name: str, n: int) -> dict[str, Any]:
     values = [str(i) for i in range(1, n + 1)] + ["one", "quorum", "all"]
+    what = (
+        "replicas that must answer (GET only)"
+        if name == "r"
+        else ("replicas that must acknowledge (PUT and DELETE only)")
+    )
     return {
         "name": name,
         "in": "query",
         "required": False,
+        "description": f"{what}; default: the cluster's {name.upper()}, capped at the "
+        "replicas that exist (an explicit value never is)",
         "schema": {"type": "string", "enum": values},
     }
 
@@ -58,26 +106,80 @@ _TIMEOUT = {
     "name": "timeout_ms",
     "in": "query",
     "required": False,
+    "description": "how long to wait for the replicas (default: the node's "
+    "request_timeout_ms); out of range is a 400 invalid_parameter",
     "schema": {"type": "integer", "minimum": 1, "maximum": 120000},
 }
-_CTX = {"name": "X-Dynamo-Context", "in": "header", "required": False, "schema": {"type": "string"}}
+_CTX = {
+    "name": "X-Dynamo-Context",
+    "in": "header",
+    "required": False,
+    "description": "the context of a read of this very key: the write supersedes the "
+    "versions it covers (absent: supersedes nothing, adds a sibling). A context issued "
+    "for another key is a 400 invalid_context",
+    "schema": {"type": "string"},
+}
 
 _COMMON_ERRORS = {
-    "400": _err("bad key, context, r/w or timeout"),
+    "400": _err(
+        "bad key (invalid_key), context (malformed, tampered, or issued for another "
+        "key: invalid_context), r/w value (invalid_quorum), or query parameter "
+        "(invalid_parameter, naming it): unknown or misspelt (`W=all`), misplaced (`r` "
+        "on a PUT or DELETE, `w` on a GET), repeated, or a bad timeout_ms"
+    ),
     "401": _err("missing or invalid token"),
     "403": _err("token lacks the scope"),
     "503": _err("quorum not met or node unavailable"),
 }
 
 
+_FORCE = {
+    "type": "boolean",
+    "description": "take the node out even when fewer than N ring members would be left "
+    "(default false)",
+}
+_TOO_FEW = (
+    "conflicts with the ring, or too_few_members: fewer than N ring members would be "
+    "left (counting the changes staged already): every partition would have fewer than "
+    "N replicas and writes with w=all and reads with r=all would fail until a node "
+    'joins; send "force": true to do it anyway'
+)
+
+
 def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-def openapi_document(n: int = 3) -> dict[str, Any]:
-    """The document for a cluster with N replicas (r and w range over 1..N)."""
+def openapi_document(
+    n: int = 3,
+    *,
+    key_max_bytes: int = _DEFAULTS["key_max_bytes"],
+    value_max_bytes: int = _DEFAULTS["value_max_bytes"],
+    object_max_bytes: int = _DEFAULTS["object_max_bytes"],
+    siblings_max: int = _DEFAULTS["siblings_max"],
+) -> dict[str, Any]:
+    """The document for a cluster with N replicas (r and w range over 1..N) and a node
+    with these limits (by default a node's defaults)."""
     obj = {"type": "object"}
     _R, _W = _quorum("r", n), _quorum("w", n)  # noqa: N806
+    _KEY = _key(key_max_bytes)  # noqa: N806
+    too_many = (
+        f"too_many_siblings: the key has {siblings_max} siblings (siblings_max) and this "
+        "write resolves none of them; nothing is stored: read the key and write back with "
+        "the context of that read"
+    )
+    too_large = (
+        "object_too_large: the object with all its siblings would be over "
+        f"{object_max_bytes} bytes (object_max_bytes); nothing is stored"
+    )
+    write_limits = (
+        f"A client write that would add a sibling to a key that has {siblings_max} "
+        "(siblings_max) is refused with 409 `too_many_siblings`, one that would make the "
+        f"object (all its siblings together) larger than {object_max_bytes} bytes "
+        "(object_max_bytes) with 413 `object_too_large`; nothing is stored then. Resolve "
+        "by reading the key and writing back with the context of that read. A 503 after "
+        "the write reached a replica says `maybe_applied`: read before retrying. "
+    )
     return {
         "openapi": "3.0.3",
         "info": {"title": "dynamokv node API", "version": __version__},
@@ -86,6 +188,8 @@ def openapi_document(n: int = 3) -> dict[str, Any]:
                 "parameters": [_KEY],
                 "get": {
                     "summary": "Read a key: one value, or its siblings",
+                    "description": "The X-Dynamo-Context answered is valid for this key "
+                    "only. " + _QUERY_RULES,
                     "parameters": [_R, _TIMEOUT],
                     "responses": {
                         "200": {
@@ -106,29 +210,70 @@ def openapi_document(n: int = 3) -> dict[str, Any]:
                         **_COMMON_ERRORS,
                     },
                 },
+                "head": {
+                    "summary": "As GET, without the body",
+                    "description": "The status and headers a GET would answer "
+                    "(Content-Type, X-Dynamo-Context, the Content-Length of the body a "
+                    "GET would send), no body. " + _QUERY_RULES,
+                    "parameters": [_R, _TIMEOUT],
+                    "responses": {
+                        "200": {"description": "one version", "headers": _CTX_HEADER},
+                        "300": {"description": "concurrent versions", "headers": _CTX_HEADER},
+                        "404": {"description": "absent or deleted"},
+                        # the errors GET answers, without their bodies
+                        **{
+                            status: {"description": error["description"]}
+                            for status, error in _COMMON_ERRORS.items()
+                        },
+                    },
+                },
                 "put": {
-                    "summary": "Write a value (supersedes the versions its context covers)",
+                    "summary": "Write a value of any content type, stored and returned as "
+                    "given (supersedes the versions its context covers)",
+                    "description": "The body is the value, of any content type: stored "
+                    "as it is with its Content-Type (default application/octet-stream) "
+                    f"and returned as given, at most {value_max_bytes} bytes "
+                    "(value_max_bytes; larger is a 413 payload_too_large). "
+                    + write_limits
+                    + _QUERY_RULES,
                     "parameters": [_W, _TIMEOUT, _CTX],
                     "requestBody": {
                         "required": False,
                         "content": {
                             "application/octet-stream": {
                                 "schema": {"type": "string", "format": "binary"}
-                            }
+                            },
+                            "*/*": {"schema": {"type": "string", "format": "binary"}},
                         },
                     },
                     "responses": {
                         "204": {"description": "written", "headers": _CTX_HEADER},
-                        "413": _err("value too large"),
+                        "409": _err(too_many),
+                        "413": _err(
+                            f"payload_too_large: the value is over {value_max_bytes} bytes "
+                            f"(value_max_bytes); {too_large}"
+                        ),
                         **_COMMON_ERRORS,
+                        "503": _err(
+                            "quorum not met (maybe_applied: the write may have been "
+                            "applied on some replicas) or node unavailable"
+                        ),
                     },
                 },
                 "delete": {
                     "summary": "Delete (write a tombstone superseding the context)",
+                    "description": "A tombstone is a version too: the sibling and "
+                    "object limits apply. " + write_limits + _QUERY_RULES,
                     "parameters": [_W, _TIMEOUT, _CTX],
                     "responses": {
                         "204": {"description": "deleted", "headers": _CTX_HEADER},
+                        "409": _err(too_many),
+                        "413": _err(too_large),
                         **_COMMON_ERRORS,
+                        "503": _err(
+                            "quorum not met (maybe_applied: the write may have been "
+                            "applied on some replicas) or node unavailable"
+                        ),
                     },
                 },
             },
@@ -175,7 +320,7 @@ def openapi_document(n: int = 3) -> dict[str, Any]:
             },
             "/v1/admin/leave": {
                 "post": {
-                    "summary": "Stage a node leaving",
+                    "summary": 'Stage a node leaving ("force": true to go below N members)',
                     "requestBody": {
                         "required": True,
                         "content": {
@@ -183,7 +328,7 @@ def openapi_document(n: int = 3) -> dict[str, Any]:
                                 "schema": {
                                     "type": "object",
                                     "required": ["node"],
-                                    "properties": {"node": {"type": "string"}},
+                                    "properties": {"node": {"type": "string"}, "force": _FORCE},
                                 }
                             }
                         },
@@ -192,14 +337,15 @@ def openapi_document(n: int = 3) -> dict[str, Any]:
                         "200": _json(obj, "a member that owned nothing was forgotten"),
                         "202": _json(obj, "staged"),
                         "404": _err("unknown node"),
-                        "409": _err("conflicts with the ring"),
+                        "409": _err(_TOO_FEW),
                         **_COMMON_ERRORS,
                     },
                 }
             },
             "/v1/admin/force-remove": {
                 "post": {
-                    "summary": "Stage removing a node gone for good (its data is not used)",
+                    "summary": "Stage removing a node gone for good (its data is not used; "
+                    '"force": true to go below N members)',
                     "description": (
                         "Each partition the node replicated is rebuilt on its new "
                         "replica from every surviving replica, never from the removed "
@@ -212,7 +358,7 @@ def openapi_document(n: int = 3) -> dict[str, Any]:
                                 "schema": {
                                     "type": "object",
                                     "required": ["node"],
-                                    "properties": {"node": {"type": "string"}},
+                                    "properties": {"node": {"type": "string"}, "force": _FORCE},
                                 }
                             }
                         },
@@ -220,7 +366,7 @@ def openapi_document(n: int = 3) -> dict[str, Any]:
                     "responses": {
                         "202": _json(obj, "staged"),
                         "404": _err("unknown node"),
-                        "409": _err("conflicts with the ring"),
+                        "409": _err(_TOO_FEW),
                         **_COMMON_ERRORS,
                     },
                 }
@@ -431,6 +577,21 @@ def openapi_document(n: int = 3) -> dict[str, Any]:
                             "nullable": True,
                             "description": "the last other cluster whose gossip this node "
                             "refused (a wrong seed, a reused address), else null",
+                        },
+                        "n": {"type": "integer", "description": "the configured N"},
+                        "r": {"type": "integer", "description": "the configured default R"},
+                        "w": {"type": "integer", "description": "the configured default W"},
+                        "effective": {
+                            "type": "object",
+                            "required": ["n", "r", "w"],
+                            "description": "the N, R and W requests really get by default: "
+                            "with fewer ring members than N, a key has only that many "
+                            "replicas and the default R and W are capped to them",
+                            "properties": {
+                                "n": {"type": "integer"},
+                                "r": {"type": "integer"},
+                                "w": {"type": "integer"},
+                            },
                         },
                     },
                 },

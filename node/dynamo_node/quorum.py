@@ -9,7 +9,7 @@ a 503, never a success that did not happen.
 
 from __future__ import annotations
 
-from .errors import InvalidQuorum
+from .errors import InvalidParameter, InvalidQuorum
 
 MIN_TIMEOUT_MS = 1
 MAX_TIMEOUT_MS = 120_000
@@ -38,14 +38,18 @@ def parse_quorum(raw: str | None, n: int, default: int, name: str) -> int | None
 
 
 def parse_timeout_ms(raw: str | None, default: int) -> int:
+    """None or "" when absent (the default); else milliseconds in 1..120000, or
+    InvalidParameter (a timeout is not a quorum)."""
     if raw is None or raw == "":
         return default
     try:
         value = int(raw)
     except ValueError:
-        raise InvalidQuorum(f"timeout_ms must be an integer, got {raw!r}") from None
+        raise InvalidParameter(f"timeout_ms must be an integer, got {raw!r}") from None
     if not MIN_TIMEOUT_MS <= value <= MAX_TIMEOUT_MS:
-        raise InvalidQuorum(f"timeout_ms must be in {MIN_TIMEOUT_MS}..{MAX_TIMEOUT_MS}")
+        raise InvalidParameter(
+            f"timeout_ms must be in {MIN_TIMEOUT_MS}..{MAX_TIMEOUT_MS}, got {value}"
+        )
     return value
 
 

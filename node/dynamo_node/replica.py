@@ -28,6 +28,7 @@ from .codec import (
 )
 from .config import NodeConfig
 from .durability import GroupCommit
+from .errors import ObjectTooLarge, TooManySiblings
 from .storage import Family, Op, Storage
 from .vclock import Dot, VClock
 from .versions import Object, next_counter, sync, update
@@ -36,6 +37,10 @@ log = logging.getLogger("dynamo.replica")
 
 COUNTER_KEY = b"dot-counter-lease"
 COUNTER_LEASE = 10_000
+#: a key past `siblings_warn` is logged at most this often
+SIBLINGS_LOG_INTERVAL_S = 60.0
+#: keys remembered for that (forgotten all at once beyond this many)
+SIBLINGS_LOG_KEYS = 4096
 
 #: (storage key, old encoding or None, new encoding or None) after each change
 ChangeListener = Callable[[bytes, bytes | None, bytes | None], None]
@@ -52,6 +57,12 @@ class ReplicaStats:
     merges_changed: int = 0
     corrupt_objects: int = 0
     prune_suspects: int = 0
+    #: client writes that left a key with more than `siblings_warn` siblings
+    siblings_warned: int = 0
+    #: client writes refused because they would add a sibling past `siblings_max`
+    siblings_refused: int = 0
+    #: client writes refused because the object would exceed `object_max_bytes`
+    objects_too_large: int = 0
 
 
 class Replica:
@@ -72,6 +83,8 @@ class Replica:
         #: called with a storage key whenever its object became all tombstones
         self.tombstone_listeners: list[Callable[[bytes], None]] = []
         self.stats = ReplicaStats()
+        #: storage key -> when it was last logged for its siblings (time.monotonic)
+        self._siblings_logged: dict[bytes, float] = {}
         raw = storage.get(Family.META, COUNTER_KEY)
         self._counter = int(raw.decode()) if raw else 0
         self._lease_end = self._counter
@@ -114,12 +127,76 @@ class Replica:
         content_type: str,
         ops: list[Op],
         floor: int = 0,
+        *,
+        skey: bytes = b"",
     ) -> Object:
         """`current` with a new version coordinated by this node (a fresh dot, above
-        `floor` too)."""
+        `floor` too): a client write. Refused (TooManySiblings, ObjectTooLarge) when it
+        would add a sibling past `siblings_max` or make the object larger than
+        `object_max_bytes`; nothing is stored then. (Versions from peers are merged,
+        never refused: they carry what a coordinator accepted.)"""
+        if not self.config.lww:
+            self._check_siblings(current, context)
         counter = next_counter(current, context, self.actor, max(self._counter, floor))
         self._reserve(counter)
         self._counter = counter
+        new = self._update(current, context, counter, value, content_type)
+        self._check_size(current, new)
+        if len(new.siblings) > self.config.siblings_warn:
+            self._warn_siblings(skey, len(new.siblings))
+        return new
+
+    def _check_siblings(self, current: Object, context: VClock) -> None:
+        limit = self.config.siblings_max
+        if len(current.siblings) < limit:
+            return  # one more sibling is within the limit whatever the context covers
+        survivors = sum(1 for s in current.siblings if not context.covers(s.dot))
+        if survivors + 1 > limit and survivors == len(current.siblings):
+            self.stats.siblings_refused += 1
+            raise TooManySiblings(
+                f"the key has {survivors} concurrent versions (siblings), the limit is "
+                f"{limit}, and this write resolves none of them: read the key and write "
+                "back with the context of that read to resolve them"
+            )
+
+    def _check_size(self, current: Object, new: Object) -> None:
+        limit = self.config.object_max_bytes
+        size = len(encode_object(new))  # kept by the object: stored and sent as it is
+        if size <= limit or (not current.empty and size <= len(encode_object(current))):
+            return  # within the limit, or no larger than what is stored already
+        self.stats.objects_too_large += 1
+        raise ObjectTooLarge(
+            f"the object would be {size} bytes with its {len(new.siblings)} version(s), "
+            f"the limit is {limit}: read the key and write back with the context of that "
+            "read to resolve its siblings"
+        )
+
+    def _warn_siblings(self, skey: bytes, count: int) -> None:
+        self.stats.siblings_warned += 1
+        now = time.monotonic()
+        last = self._siblings_logged.get(skey)
+        if last is not None and now - last < SIBLINGS_LOG_INTERVAL_S:
+            return
+        if len(self._siblings_logged) >= SIBLINGS_LOG_KEYS:
+            self._siblings_logged.clear()
+        self._siblings_logged[skey] = now
+        log.warning(
+            "key %r has %d siblings (warning past %d, writes refused past %d): its "
+            "clients write without the context of a read",
+            skey[8:60],
+            count,
+            self.config.siblings_warn,
+            self.config.siblings_max,
+        )
+
+    def _update(
+        self,
+        current: Object,
+        context: VClock,
+        counter: int,
+        value: bytes | None,
+        content_type: str,
+    ) -> Object:
         return update(
             current,
             context,
@@ -147,7 +224,7 @@ class Replica:
         else:
             current = self._decode(skey, raw)
         ops: list[Op] = []
-        new = self.new_version(current, context, value, content_type, ops, floor)
+        new = self.new_version(current, context, value, content_type, ops, floor, skey=skey)
         encoded = encode_object(new)
         ops.append((Family.OBJECTS, skey, encoded))
         self._write(ops, skey, raw, encoded)

@@ -74,6 +74,13 @@ class Storage(Protocol):
         """A lazy scan, for bulk work (Merkle builds, transfers). Consume it fully or
         close it before `close()`."""
 
+    def delete_range(self, family: Family, start: bytes, end: bytes | None) -> None:
+        """Delete every key with start <= key < end (end None: to the last key) at once,
+        after the writes accepted before it: one range tombstone on RocksDB, whatever
+        the number of keys (no scan, no key-by-key delete), in the write-ahead log like
+        a write; the space is reclaimed by a compaction of the range in the background.
+        A repeated call over an emptied range is cheap."""
+
     def sync_wal(self) -> None:
         """Make every applied write durable (fsync); grouped writes not yet applied are
         not covered: `flush()` them first. Thread-safe; blocking."""
@@ -181,6 +188,18 @@ class MemoryStorage:
             hi = len(keys) if end is None else bisect.bisect_left(keys, end)
             snapshot = [(k, self._data[family][k]) for k in keys[lo:hi]]
         yield from snapshot
+
+    def delete_range(self, family: Family, start: bytes, end: bytes | None) -> None:
+        self._check()
+        if not isinstance(family, Family):
+            raise TypeError("family must be a Family")
+        with self._lock:
+            data, keys = self._data[family], self._keys[family]
+            lo = bisect.bisect_left(keys, start)
+            hi = len(keys) if end is None else max(lo, bisect.bisect_left(keys, end))
+            for key in keys[lo:hi]:
+                del data[key]
+            del keys[lo:hi]
 
     def sync_wal(self) -> None:
         self._check()

@@ -36,6 +36,26 @@ and took the last free blocks before the open could write its MANIFEST. An open 
 writes a few small files (a MANIFEST, an OPTIONS file, ~32 KiB measured), so a ballast
 file (BALLAST, 1 MiB) is kept in the directory and released at a start on a full disk.
 
+Bounded WAL (`MAX_TOTAL_WAL_BYTES`): a log file is deleted only once every column family
+with writes in it has flushed them. `meta` and `hints` take few writes, so their
+memtables filled slowly and pinned every log written since their last flush: a node
+that never restarted kept 1.2 GB of old WAL in 20 files for 1M keys of 1 KiB. Past the
+bound RocksDB flushes the column families holding the oldest log (`max_total_wal_size`),
+so the WAL stays near the bound. Every write still goes to the WAL and is fsynced by
+`GroupCommit` as before; only old, already flushed logs go away sooner. The same bound
+limits what `avoid_flush_during_recovery` keeps: the logs replayed at open stay only
+until the total passes the bound.
+
+Dropping a range (`delete_range`, the janitor's way of discarding partitions given
+away): one range tombstone in the WAL and the memtable, O(1) whatever the number of
+keys, where a delete per key left as many tombstones for every later scan to step over.
+A compaction of the dropped ranges then reclaims the space on a thread of its own
+(`_compactor`; RocksDB releases the GIL); ranges dropped within `COMPACT_SETTLE_S` are
+compacted together, as one span (a range compaction flushes the memtable and rewrites
+the level-0 and level-1 tables it overlaps, which after random writes is all of them:
+one compaction per range would rewrite them once per partition). Closing cancels a
+running compaction (RocksDB's `CancelAllBackgroundWork`), so a stop never waits for it.
+
 rocksdict notes: column-family handles and iterators keep the DB open, so `close()`
 drops every handle first; iterators are wrapped so that none outlives `close()`.
 """
@@ -48,15 +68,18 @@ import logging
 import os
 import tempfile
 import threading
+import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from rocksdict import (
     AccessType,
     BlockBasedOptions,
     Cache,
+    CompactOptions,
     DBCompressionType,
     DBRecoveryMode,
     Options,
@@ -83,6 +106,19 @@ CORRUPTION_MARKER = "DYNAMO-CORRUPTION"
 #: space kept in the data directory for a start on a full disk (an open needs ~32 KiB)
 BALLAST = "DYNAMO-BALLAST"
 BALLAST_BYTES = 1024 * 1024
+#: bound on the total size of the write-ahead log files (see the module docstring):
+#: twice the objects' write buffer (RocksDB's default, 64 MiB), so the objects family
+#: flushes on its own as before and only the families with few writes (meta, hints) are
+#: flushed early; a restart replays at most about this much (a second or two)
+MAX_TOTAL_WAL_BYTES = 128 * 1024 * 1024
+#: a range delete forgets the range's rows from a row cache up to this many rows, and
+#: clears a larger one
+ROW_FILTER_MAX = 4096
+#: ranges dropped within this long are compacted together (one compaction)
+COMPACT_SETTLE_S = 0.5
+#: an end above every key of the objects family (8-byte hash + UTF-8, which has no 0xff
+#: byte), for a range to the end of the keyspace; keys past it are deleted one by one
+_RANGE_END = b"\xff" * 16
 #: DB options rocksdict has no setter for (RocksDB's OPTIONS file format)
 _OPTIONS_FILE = """[Version]
   rocksdb_version=9.0.0
@@ -167,8 +203,12 @@ def direct_io_works(path: str) -> bool:
     return True
 
 
-def _options(direct_io: bool = False, max_open_files: int = -1) -> Options:
+def _options(
+    direct_io: bool = False, max_open_files: int = -1, max_total_wal: int = MAX_TOTAL_WAL_BYTES
+) -> Options:
     opts = _base_options()
+    # past this total, the families whose memtables pin the oldest log are flushed
+    opts.set_max_total_wal_size(max_total_wal)
     # -1: no bound; else RocksDB closes the least used tables beyond it (fdbudget.py)
     opts.set_max_open_files(max_open_files)
     # a damaged WAL is never skipped silently: only an incomplete last record (a write
@@ -240,9 +280,16 @@ def salvage_meta(path: str, keys: Sequence[bytes]) -> dict[bytes, bytes]:
 
 
 class RocksStorage:
-    def __init__(self, path: str, row_cache_bytes: int = 0, max_open_files: int = -1) -> None:
+    def __init__(
+        self,
+        path: str,
+        row_cache_bytes: int = 0,
+        max_open_files: int = -1,
+        max_total_wal_bytes: int = MAX_TOTAL_WAL_BYTES,
+    ) -> None:
         os.makedirs(path, exist_ok=True)
         self.path = path
+        self.max_total_wal_bytes = max_total_wal_bytes
         marker = os.path.join(path, CORRUPTION_MARKER)
         if os.path.exists(marker):
             with open(marker, encoding="utf-8", errors="replace") as f:
@@ -271,11 +318,22 @@ class RocksStorage:
         self._rows_limit = row_cache_bytes
         self.row_hits = 0
         self.row_misses = 0
+        # compactions of dropped ranges (delete_range), on a thread of their own
+        self._compact_lock = threading.Lock()
+        self._compactor: ThreadPoolExecutor | None = None
+        self._compact_queue: dict[Family, list[tuple[bytes, bytes | None]]] = {}
+        self._compact_stop = threading.Event()
+        self._compacting = False  # a job is queued or running
+        self._in_compaction = False  # RocksDB is compacting for it
+        self._compact_opts = CompactOptions()
+        self._compact_opts.set_exclusive_manual_compaction(False)  # others go on meanwhile
+        #: compactions of dropped ranges run to completion
+        self.range_compactions = 0
 
     def _open(self) -> None:
         self._db: Any = Rdict(
             self.path,
-            options=_options(self.direct_io, self.max_open_files),
+            options=_options(self.direct_io, self.max_open_files, self.max_total_wal_bytes),
             column_families={
                 f.value: Options(raw_mode=True) for f in Family if f is not Family.OBJECTS
             },
@@ -324,6 +382,7 @@ class RocksStorage:
         memory (the overlay, the row cache) is dropped."""
         if self._failed is None or self._closed or isinstance(self._failed, StorageCorrupt):
             return  # damaged data stays damaged: only a replacement or a restore helps
+        self._stop_compactions()
         with self._sync_lock:
             for it in list(self._iterators):
                 it.close()
@@ -493,6 +552,108 @@ class RocksStorage:
         self._iterators.add(it)
         return it
 
+    def delete_range(self, family: Family, start: bytes, end: bytes | None) -> None:
+        """One range tombstone (after the grouped writes, applied first), the row cache
+        entries of the range forgotten, and a compaction of the range queued."""
+        self._check()
+        if not isinstance(family, Family):
+            raise TypeError("family must be a Family")
+        self.flush()  # what was written before is deleted too, never resurrected
+        self._check()
+        stop = end if end is not None else _RANGE_END
+        try:
+            if start < stop:
+                self._cfs[family].delete_range(start, stop, self._write_opts)
+            if end is None:  # keys past the sentinel (none in the objects family)
+                rest = self.scan(family, max(start, _RANGE_END))
+                if rest:
+                    self._apply([(family, key, None) for key, _ in rest])
+        except Exception as exc:
+            raise self._damaged(exc) from exc
+        if family is Family.OBJECTS and self._rows:
+            if len(self._rows) > ROW_FILTER_MAX:
+                # finding a range's rows means visiting them all (~15 ms per 60k rows,
+                # for every partition of a pass): dropping the cache costs one pass
+                self._rows.clear()
+                self._rows_bytes = 0
+            else:
+                doomed = [k for k in self._rows if k >= start and (end is None or k < end)]
+                for key in doomed:
+                    self._remember(key, None)
+        self._compact_later(family, start, end)
+
+    def _compact_later(self, family: Family, start: bytes, end: bytes | None) -> None:
+        with self._compact_lock:
+            if self._closed:
+                return
+            self._compact_queue.setdefault(family, []).append((start, end))
+            if self._compacting:
+                return  # the running job takes this range after its current one
+            if self._compactor is None:
+                self._compactor = ThreadPoolExecutor(1, thread_name_prefix="dynamo-compact")
+                self._compact_stop = threading.Event()
+            self._compacting = True
+            self._compactor.submit(self._compact_queued, self._compact_stop)
+
+    def _compact_queued(self, stop: threading.Event) -> None:
+        """Compact the queued ranges, one span per family, until none is left."""
+        while True:
+            stop.wait(COMPACT_SETTLE_S)  # the rest of a janitor pass joins this job
+            with self._compact_lock:
+                queue, self._compact_queue = self._compact_queue, {}
+                if not queue or stop.is_set():
+                    self._compacting = False
+                    return
+                self._in_compaction = True
+            try:
+                for family, ranges in queue.items():
+                    self._compact_span(family, ranges, stop)
+            finally:
+                with self._compact_lock:
+                    self._in_compaction = False
+
+    def _compact_span(
+        self, family: Family, ranges: list[tuple[bytes, bytes | None]], stop: threading.Event
+    ) -> None:
+        start = min(r[0] for r in ranges)
+        ends = [r[1] for r in ranges]
+        end = None if None in ends else max(e for e in ends if e is not None)
+        began = time.monotonic()
+        try:
+            self._cfs[family].compact_range(start, end, self._compact_opts)
+        except Exception as exc:
+            if is_corruption(exc):
+                self._damaged(exc)
+            log.warning("compacting %d dropped range(s) failed: %s", len(ranges), exc)
+            return
+        if stop.is_set():  # cancelled by close (RocksDB returns without an error)
+            log.info("compaction of %d dropped range(s) cancelled", len(ranges))
+            return
+        self.range_compactions += 1
+        log.info(
+            "compacted %d dropped range(s) of %s in %.1fs",
+            len(ranges),
+            family.value,
+            time.monotonic() - began,
+        )
+
+    def _stop_compactions(self) -> bool:
+        """Stop the compaction thread; True if a running compaction had to be cancelled
+        (RocksDB's background work is then stopped: closing or reopening follows)."""
+        with self._compact_lock:
+            pool, self._compactor = self._compactor, None
+            self._compact_stop.set()
+            busy = self._in_compaction
+            self._compact_queue = {}
+        if pool is None:
+            return False
+        if busy:  # a manual compaction cannot be interrupted otherwise
+            with contextlib.suppress(Exception):
+                self._db.cancel_all_background(True)
+        pool.shutdown(wait=True, cancel_futures=True)
+        self._compacting = False
+        return busy
+
     def sync_wal(self) -> None:
         with self._sync_lock:
             if not self._closed:
@@ -514,6 +675,9 @@ class RocksStorage:
             return
         if self._failed is None:
             self.flush()
+        with self._compact_lock:
+            self._closed = True  # no compaction is queued from now on
+        cancelled = self._stop_compactions()
         with self._sync_lock:
             for it in list(self._iterators):
                 it.close()
@@ -532,8 +696,11 @@ class RocksStorage:
                 # rocksdict flushes the memtables first: on a full disk that fails, and
                 # the WAL (synced above) still holds every write
                 self._db.close()
-            except Exception:
-                log.exception("closing RocksDB failed (the WAL holds every write)")
+            except Exception as exc:
+                if cancelled:  # background work stopped: no flush; the WAL has it all
+                    log.info("memtables left to the WAL (a compaction was cancelled): %s", exc)
+                else:
+                    log.exception("closing RocksDB failed (the WAL holds every write)")
             self._db = None
 
 

@@ -12,6 +12,14 @@ token closes the connection. The server answers it with ["ok", [features]] (a se
 that predates batches answered "ok": the client then sends every call in its own
 frame). Frames larger than MAX_FRAME are refused.
 
+Before its hello is accepted a connection costs the server almost nothing, token or
+not: its first frame may be at most HELLO_MAX_FRAME bytes (a larger length closes the
+connection before anything is buffered), must be a hello with the right token (anything
+else closes the connection, and nothing sent after it is looked at), and must arrive
+within `hello_timeout_s`; at most `max_unauthenticated` connections may be waiting for
+their hello at once (more are closed at once). Each refusal is counted in `refused`.
+Once the hello is accepted none of this is checked again.
+
 Batches: the calls `post`ed to one peer for one method during an event-loop iteration
 leave as one batch frame when the iteration's output is flushed (or as soon as their
 encodings reach BATCH_BYTES), and come back as one reply. Measured in process with
@@ -45,6 +53,11 @@ log = logging.getLogger("dynamo.transport")
 DEADLINE_SLACK_S = 0.001
 
 MAX_FRAME = 64 * 1024 * 1024
+#: the largest first frame (the hello) of a connection: a hello is tens of bytes
+HELLO_MAX_FRAME = 4096
+#: at most one warning per this many seconds about refused connections (a flood of
+#: them must not flood the log; `RpcServer.refused` counts every one)
+REFUSAL_LOG_INTERVAL_S = 10.0
 _LEN = struct.Struct(">I")
 HELLO = "hello"
 #: the method name of a batch frame (never a handler's)
@@ -96,6 +109,28 @@ class _Framer:
             self._buf = bytearray(data[pos:])
         return out
 
+    def first(self, data: bytes, limit: int) -> tuple[bool, Any]:
+        """The stream's next frame only, if complete: (True, frame), else (False, None);
+        what follows it stays buffered for `feed`. A frame announced larger than `limit`
+        raises before its bytes are kept, so at most `limit` + one chunk is buffered."""
+        self._buf += data
+        buf = self._buf
+        if len(buf) < 4:
+            return False, None
+        (size,) = _LEN.unpack_from(buf, 0)
+        if size > limit:
+            raise ValueError(f"first frame of {size} bytes exceeds {limit}")
+        if len(buf) < 4 + size:
+            return False, None
+        frame = msgpack.unpackb(bytes(buf[4 : 4 + size]), raw=False)
+        del buf[: 4 + size]
+        return True, frame
+
+    @property
+    def pending(self) -> bool:
+        """Whether bytes of an incomplete frame (or unread frames) are buffered."""
+        return bool(self._buf)
+
 
 class _Output:
     """Frames written during one event-loop iteration leave in one `write` at its end:
@@ -142,21 +177,73 @@ class _ServerProtocol(asyncio.Protocol):
         self._out = _Output(asyncio.get_running_loop(), server.before)
         self._peer: str | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        #: closes the connection unless its hello is accepted in time
+        self._deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement the interface without subclassing it
         self._transport = self._out.transport = cast(asyncio.Transport, transport)
-        self._server.connections.add(self)
+        server = self._server
+        server.connections.add(self)
+        if len(server.waiting) >= server.max_unauthenticated:
+            self._refuse(f"{len(server.waiting)} connections already wait for their hello")
+            return
+        server.waiting.add(self)
+        self._deadline = asyncio.get_running_loop().call_later(
+            server.hello_timeout_s, self._hello_late
+        )
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._server.connections.discard(self)
+        self._unwait()
         self._transport = self._out.transport = None
 
+    def _unwait(self) -> None:
+        self._server.waiting.discard(self)
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _hello_late(self) -> None:
+        self._deadline = None
+        if self._peer is None:
+            self._refuse(f"no hello within {self._server.hello_timeout_s:g}s")
+
+    def _refuse(self, reason: str) -> None:
+        """Close a connection that has not (or not rightly) said hello, and count it."""
+        self._unwait()
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        self._server.note_refusal(transport.get_extra_info("peername"), reason)
+        transport.close()
+
+    def _before_hello(self, data: bytes) -> None:
+        """Bytes of a connection whose hello is not accepted yet: the hello first (small,
+        checked before anything else is decoded), then whatever followed it."""
+        if self._transport is None or self._transport.is_closing():
+            return  # refused: nothing more is looked at
+        try:
+            complete, frame = self._framer.first(data, HELLO_MAX_FRAME)
+        except Exception as exc:
+            self._refuse(f"bad hello frame: {exc}")
+            return
+        if not complete:
+            return
+        if not self._hello(frame):
+            return
+        self._unwait()
+        if self._framer.pending:  # frames sent along with the hello
+            self.data_received(b"")
+
     def data_received(self, data: bytes) -> None:
+        if self._peer is None:
+            self._before_hello(data)
+            return
         try:
             frames = self._framer.feed(data)
         except Exception as exc:  # garbage on the wire: drop the connection
-            log.warning("bad frame from %s: %s", self._peer or "unknown peer", exc)
+            log.warning("bad frame from %s: %s", self._peer, exc)
             self.close()
             return
         for frame in frames:
@@ -164,9 +251,6 @@ class _ServerProtocol(asyncio.Protocol):
                 self.close()
                 return
             msg_id, method, args = frame
-            if self._peer is None:
-                self._hello(method, args)
-                continue
             if method == BATCH:
                 self._batch(msg_id, args)
                 continue
@@ -242,22 +326,29 @@ class _ServerProtocol(asyncio.Protocol):
             results[i] = outcome
         self._send([msg_id, 0, results])
 
-    def _hello(self, method: Any, args: Any) -> None:
-        token = self._server.token
-        ok = (
+    def _hello(self, frame: Any) -> bool:
+        """Accept the first frame if it is a hello with the right token (any token when
+        the server has none), else refuse the connection."""
+        if not (isinstance(frame, list) and len(frame) == 3):
+            self._refuse("the first frame is not a call")
+            return False
+        _, method, args = frame
+        if not (
             method == HELLO
             and isinstance(args, list)
             and len(args) == 2
             and isinstance(args[0], str)
             and isinstance(args[1], str)
-            and (not token or hmac.compare_digest(args[0].encode(), token.encode()))
-        )
-        if not ok:
-            log.warning("refused a peer connection: bad hello or token")
-            self.close()
-            return
+        ):
+            self._refuse("the first frame is not a hello")
+            return False
+        token = self._server.token
+        if token and not hmac.compare_digest(args[0].encode(), token.encode()):
+            self._refuse("wrong cluster token")
+            return False
         self._peer = args[1]
         self._send([0, 0, ["ok", self._server.features]])
+        return True
 
     async def _serve(self, msg_id: Any, method: Any, args: Any) -> None:
         self._send([msg_id, *await self._outcome(method, args)])
@@ -283,6 +374,8 @@ class RpcServer:
         fast: FastHandler | None = None,
         before: Callable[[], None] | None = None,
         features: list[str] | None = None,
+        hello_timeout_s: float = 5.0,
+        max_unauthenticated: int = 64,
     ) -> None:
         self.handler = handler
         self.fast = fast
@@ -291,13 +384,39 @@ class RpcServer:
         #: called before replies are written (the node applies grouped writes there)
         self.before = before
         self.token = token
+        #: a connection's hello must arrive this fast (a TLS handshake too), and at most
+        #: `max_unauthenticated` connections may be waiting for theirs
+        self.hello_timeout_s = hello_timeout_s
+        self.max_unauthenticated = max_unauthenticated
         self.connections: set[_ServerProtocol] = set()
+        #: connections whose hello is not accepted yet
+        self.waiting: set[_ServerProtocol] = set()
+        #: connections closed before or at their hello (bad, late, too many waiting)
+        self.refused = 0
+        self._logged_at = -math.inf
         self._server: asyncio.AbstractServer | None = None
+
+    def note_refusal(self, peer: Any, reason: str) -> None:
+        self.refused += 1
+        now = asyncio.get_running_loop().time()
+        if now - self._logged_at >= REFUSAL_LOG_INTERVAL_S:
+            self._logged_at = now
+            log.warning(
+                "refused a peer-port connection from %s: %s (%d refused so far)",
+                peer,
+                reason,
+                self.refused,
+            )
 
     async def start(self, host: str, port: int, ssl: Any = None) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: _ServerProtocol(self), host, port, reuse_address=True, ssl=ssl
+            lambda: _ServerProtocol(self),
+            host,
+            port,
+            reuse_address=True,
+            ssl=ssl,
+            ssl_handshake_timeout=self.hello_timeout_s if ssl is not None else None,
         )
 
     async def stop(self) -> None:

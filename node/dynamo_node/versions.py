@@ -113,6 +113,43 @@ def _obsolete(s: Sibling, others: Iterable[Sibling]) -> bool:
     return any(t.dot != s.dot and t.past.covers(s.dot) for t in others)
 
 
+def _not_obsolete(union: tuple[Sibling, ...]) -> tuple[Sibling, ...]:
+    """The siblings of `union` (distinct dots, as from `Object.of`) whose dot no other
+    sibling's past covers: `s for s in union if not _obsolete(s, union)`, in time
+    linear in the size of the pasts instead of quadratic in the number of siblings.
+
+    Per actor it keeps the highest counter any past has for it, which sibling holds
+    it, and the second highest: the highest counter among the *other* siblings' pasts
+    is then one dict lookup per sibling."""
+    if len(union) <= 2:
+        return tuple(s for s in union if not _obsolete(s, union))
+    #: actor -> [highest counter, index of the sibling whose past has it, second highest]
+    best: dict[str, list[int]] = {}
+    for i, t in enumerate(union):
+        for actor, counter, _ in t.past.items():
+            entry = best.get(actor)
+            if entry is None:
+                best[actor] = [counter, i, 0]
+            elif counter > entry[0]:
+                entry[2] = entry[0]
+                entry[0] = counter
+                entry[1] = i
+            elif counter > entry[2]:
+                entry[2] = counter
+    kept = []
+    for i, s in enumerate(union):
+        actor, counter = s.dot
+        if counter < 1:
+            # a past without the actor covers it too (never made by a node, but exact)
+            if not _obsolete(s, union):
+                kept.append(s)
+            continue
+        entry = best.get(actor)
+        if entry is None or (entry[2] if entry[1] == i else entry[0]) < counter:
+            kept.append(s)
+    return tuple(kept)
+
+
 def _lww(siblings: Iterable[Sibling]) -> tuple[Sibling, ...]:
     best = max(siblings, key=_rank, default=None)
     return () if best is None else (best,)
@@ -133,12 +170,14 @@ def sync(a: Object, b: Object, *, lww: bool = False) -> SyncResult:
     union = Object.of(a.siblings + b.siblings).siblings
     if lww:
         return SyncResult(Object(_lww(union)))
-    kept = tuple(s for s in union if not _obsolete(s, union))
+    kept = _not_obsolete(union)
     # a pruned past cannot prove that a sibling it does not cover is concurrent rather
     # than an ancestor: the pruned entry may have been re-added lower by a merge with an
     # older clock, and wall clocks can be skewed, so neither a named actor nor a
-    # timestamp rules a suspect out
-    suspects = sum(1 for s in kept for t in kept if t is not s and t.past.pruned)
+    # timestamp rules a suspect out. Counted per (sibling, other pruned sibling) pair:
+    # each of the `pruned` ones is a suspect for every other kept sibling
+    pruned = sum(1 for t in kept if t.past.pruned)
+    suspects = pruned * (len(kept) - 1) if pruned else 0
     # the result is often one side as it is (a newer version arriving, or nothing new):
     # return that object, so it keeps its encoding and compares by identity
     if _same(kept, b.siblings):

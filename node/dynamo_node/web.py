@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 
 from .context import ContextCodec
 from .errors import (
@@ -26,8 +26,10 @@ from .errors import (
     PayloadTooLarge,
     Unavailable,
 )
+from .http1 import REFUSE_HEADER, refusal
 from .kvapi import (
     CONTEXT_HEADER,
+    KV_PREFIX,
     Admission,
     Authorizer,
     KvApi,
@@ -52,6 +54,13 @@ AUTH_KEY = web.AppKey("auth", Authorizer)
 ADMISSION_KEY = web.AppKey("admission", Admission)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+#: the largest JSON body of an admin call
+JSON_BODY_MAX = 64 * 1024
+
+
+class ExpectationFailed(DynamoError):
+    status = 417
+    code = "expectation_failed"
 
 
 def to_response(reply: Reply) -> web.Response:
@@ -68,10 +77,49 @@ def _route_name(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
+def make_expect_handler(
+    auth: Authorizer, value_max_bytes: int, metrics: Metrics
+) -> Callable[[web.Request], Awaitable[web.StreamResponse | None]]:
+    """`Expect: 100-continue` is answered 100 only once the token and the size pass;
+    else the final 401/403/413 at once, and the connection closed (the body is unsent)."""
+
+    async def expect_handler(request: web.Request) -> web.StreamResponse | None:
+        if request.version != HttpVersion11:
+            return None
+        expect = request.headers.get("Expect", "")
+        try:
+            if expect.lower() != "100-continue":
+                raise ExpectationFailed(f"unknown Expect: {expect[:100]}")
+            if auth.enabled:
+                auth.check(scope_of(request.path), request.headers.get("Authorization"))
+            limit = value_max_bytes if request.path.startswith(KV_PREFIX) else JSON_BODY_MAX
+            length = request.content_length
+            if length is not None and length > limit:
+                raise PayloadTooLarge(f"the body is {length} bytes; the limit is {limit}")
+        except DynamoError as exc:
+            response = to_response(error_reply(exc))
+            response.force_close()
+            metrics.observe(_route_name(request), request.method, response.status, 0.0)
+            return response
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0
+        return None
+
+    return expect_handler
+
+
 def make_middleware(auth: Authorizer, admission: Admission, metrics: Metrics) -> Any:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         start = time.perf_counter()
+        refused = request.headers.get(REFUSE_HEADER)
+        if refused is not None:  # a bad head the lean server (http1) found after others
+            status, _, message = refused.partition(" ")
+            refused_status = int(status) if status.isdigit() and len(status) == 3 else 400
+            refusing = to_response(refusal(refused_status, message))
+            refusing.force_close()
+            metrics.observe("unmatched", "-", refusing.status, 0.0)
+            return refusing
         try:
             if auth.enabled:
                 auth.check(scope_of(request.path), request.headers.get("Authorization"))
@@ -130,6 +178,10 @@ class KvHandlers:
     async def get(self, request: web.Request) -> web.Response:
         return to_response(await self.api.get(request.raw_path, request.query_string))
 
+    async def head(self, request: web.Request) -> web.Response:
+        """As GET; aiohttp sends the head only (Content-Length of the body GET sends)."""
+        return to_response(await self.api.get(request.raw_path, request.query_string))
+
     async def put(self, request: web.Request) -> web.Response:
         body = await read_body(request, self.api.value_max_bytes)
         reply = await self.api.write(
@@ -150,7 +202,7 @@ class KvHandlers:
 
 # --- admin API ---------------------------------------------------------------------------
 async def _json_body(request: web.Request) -> dict[str, Any]:
-    raw = await read_body(request, 64 * 1024)
+    raw = await read_body(request, JSON_BODY_MAX)
     try:
         body = json.loads(raw or b"{}")
     except (ValueError, UnicodeDecodeError):
@@ -158,6 +210,17 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise InvalidRequest("the body must be a JSON object")
     return body
+
+
+def _force(body: dict[str, Any]) -> bool:
+    """The optional `force` of a leave or force-remove: take the node out even when
+    fewer than N ring members would be left."""
+    force = body.get("force")
+    if force is None:
+        return False
+    if not isinstance(force, bool):
+        raise InvalidRequest('"force" must be true or false')
+    return force
 
 
 class AdminHandlers:
@@ -184,8 +247,8 @@ class AdminHandlers:
         body = await _json_body(request)
         node_id = body.get("node")
         if not isinstance(node_id, str) or not node_id:
-            raise InvalidRequest('expected {"node": ID}')
-        outcome = self.node.claimant.stage_leave(node_id)
+            raise InvalidRequest('expected {"node": ID, "force": false}')
+        outcome = self.node.claimant.stage_leave(node_id, _force(body))
         if outcome == "forgotten":
             return web.json_response({"forgotten": True, "node": node_id})
         return web.json_response({"staged": "leave", "node": node_id}, status=202)
@@ -194,8 +257,8 @@ class AdminHandlers:
         body = await _json_body(request)
         node_id = body.get("node")
         if not isinstance(node_id, str) or not node_id:
-            raise InvalidRequest('expected {"node": ID}')
-        self.node.claimant.stage_remove(node_id)
+            raise InvalidRequest('expected {"node": ID, "force": false}')
+        self.node.claimant.stage_remove(node_id, _force(body))
         return web.json_response({"staged": "force-remove", "node": node_id}, status=202)
 
     async def replace(self, request: web.Request) -> web.Response:
@@ -280,25 +343,35 @@ def build_app(node: Node, metrics: Metrics | None = None) -> web.Application:
 
     async def openapi(request: web.Request) -> web.Response:
         n = node.state.n if node.state is not None else node.config.n
-        return web.json_response(openapi_document(n))
+        return web.json_response(
+            openapi_document(
+                n,
+                key_max_bytes=config.key_max_bytes,
+                value_max_bytes=config.value_max_bytes,
+                object_max_bytes=config.object_max_bytes,
+                siblings_max=config.siblings_max,
+            )
+        )
 
+    expect = make_expect_handler(auth, config.value_max_bytes, metrics)
     r = app.router
-    r.add_route("GET", KV_ROUTE, kv.get)
-    r.add_route("PUT", KV_ROUTE, kv.put)
-    r.add_route("DELETE", KV_ROUTE, kv.delete)
-    r.add_get("/v1/admin/status", admin.status)
-    r.add_get("/v1/admin/ring", admin.ring)
-    r.add_post("/v1/admin/join", admin.join)
-    r.add_post("/v1/admin/leave", admin.leave)
-    r.add_post("/v1/admin/force-remove", admin.force_remove)
-    r.add_post("/v1/admin/replace", admin.replace)
-    r.add_get("/v1/admin/plan", admin.plan)
-    r.add_delete("/v1/admin/plan", admin.clear)
-    r.add_post("/v1/admin/commit", admin.commit)
-    r.add_post("/v1/admin/anti-entropy", admin.anti_entropy)
-    r.add_get("/v1/admin/jobs/{job_id}", admin.job)
-    r.add_get("/healthz", healthz)
-    r.add_get("/readyz", readyz)
-    r.add_get("/metrics", metrics_handler)
-    r.add_get("/openapi.json", openapi)
+    r.add_route("GET", KV_ROUTE, kv.get, expect_handler=expect)
+    r.add_route("PUT", KV_ROUTE, kv.put, expect_handler=expect)
+    r.add_route("DELETE", KV_ROUTE, kv.delete, expect_handler=expect)
+    r.add_route("HEAD", KV_ROUTE, kv.head, expect_handler=expect)
+    r.add_get("/v1/admin/status", admin.status, expect_handler=expect)
+    r.add_get("/v1/admin/ring", admin.ring, expect_handler=expect)
+    r.add_post("/v1/admin/join", admin.join, expect_handler=expect)
+    r.add_post("/v1/admin/leave", admin.leave, expect_handler=expect)
+    r.add_post("/v1/admin/force-remove", admin.force_remove, expect_handler=expect)
+    r.add_post("/v1/admin/replace", admin.replace, expect_handler=expect)
+    r.add_get("/v1/admin/plan", admin.plan, expect_handler=expect)
+    r.add_delete("/v1/admin/plan", admin.clear, expect_handler=expect)
+    r.add_post("/v1/admin/commit", admin.commit, expect_handler=expect)
+    r.add_post("/v1/admin/anti-entropy", admin.anti_entropy, expect_handler=expect)
+    r.add_get("/v1/admin/jobs/{job_id}", admin.job, expect_handler=expect)
+    r.add_get("/healthz", healthz, expect_handler=expect)
+    r.add_get("/readyz", readyz, expect_handler=expect)
+    r.add_get("/metrics", metrics_handler, expect_handler=expect)
+    r.add_get("/openapi.json", openapi, expect_handler=expect)
     return app

@@ -9,15 +9,19 @@ import json
 import os
 import re
 import shutil
+import ssl
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from dynamo_node import cli
-from dynamo_node.client import DynamoClient
-from tests.harness import Cluster, NodeProc, free_port, wait_for
+from dynamo_node.client import MAYBE_APPLIED, DynamoClient
+from tests.certs import make_certs
+from tests.harness import Cluster, NodeProc, cluster, free_port, wait_for
+from tests.node.test_client import Answer, FakeNode, Seen, dynamo_error, kv_node
 
 JSON = "application/json"
 RUN_TIMEOUT_S = 30
@@ -238,6 +242,12 @@ def test_status_ring_plan_single_node(procs: Cluster, capsys: pytest.CaptureFixt
     out = capsys.readouterr().out
     assert re.search(rf"^node\s+{node.node_id}$", out, re.MULTILINE)
     assert re.search(rf"^address\s+{node.address}$", out, re.MULTILINE)
+    # one member: the cluster applies N=1, whatever it was configured with (issue 18)
+    assert re.search(
+        r"^replication\s+N=1 R=1 W=1 \(configured N=3 R=2 W=2: too few members\)$",
+        out,
+        re.MULTILINE,
+    )
     assert re.search(r"^NODE\s+ADDRESS\s+STATE\s+PARTITIONS$", out, re.MULTILINE)
     assert re.search(rf"^{node.node_id}\s+{node.address}\s+up\s+256$", out, re.MULTILINE)
     assert "transfers: none" in out
@@ -353,3 +363,222 @@ def test_executable_end_to_end(procs: Cluster) -> None:
     ctl("put", "two", "a")
     ctl("put", "two", "b")
     assert ctl("get", "two").returncode == cli.EXIT_SIBLINGS
+
+
+# --- bad input: one usage line, exit 2, never a traceback ----------------------------------
+BAD_COMMAND_LINES = [
+    ["--timeout", "-1", "get", "k"],
+    ["--timeout", "0", "status"],
+    ["--timeout", "nan", "status"],
+    ["--timeout", "soon", "status"],
+    ["get", "k", "--timeout", "-5"],
+    ["--token", "a\nb", "status"],
+    ["--tls-ca", "/no/such/ca.pem", "status"],
+    ["put", "", "v"],
+    ["get", ""],
+    ["delete", ""],
+    ["delete", "k", "--w", "0"],
+    ["delete", "k", "--r", "0"],
+    ["delete", "k", "--w", "-1"],
+    ["put", "k", "v", "--w", "0"],
+    ["get", "k", "--r", "-2"],
+    ["get", "k", "--timeout-ms", "0"],
+    ["put", "k", "v", "--context", "c", "--overwrite"],
+    ["repair", "--wait", "--wait-timeout", "-1"],
+    ["job", ""],
+    ["put", "k", "v", "--content-type", "text/plain\r\nX-Evil: 1"],
+    ["put", "k", "v", "--context", "a\nb"],
+]
+
+
+@pytest.mark.parametrize("argv", BAD_COMMAND_LINES, ids=" ".join)
+def test_bad_input_is_a_one_line_usage_error(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # nothing listens there: a command that got as far as the network would exit 4
+    assert cli.main(["--node", f"127.0.0.1:{free_port()}", *argv]) == cli.EXIT_USAGE
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err and captured.out == ""
+    lines = captured.err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dynamoctl"), captured.err
+    assert "not found" not in captured.err
+
+
+def test_bad_global_flags_through_the_executable() -> None:
+    for argv in (["--timeout", "-1", "get", "k"], ["--tls-ca", "/no/such/ca.pem", "status"]):
+        done = subprocess.run(
+            [*dynamoctl(), "--node", f"127.0.0.1:{free_port()}", *argv],
+            capture_output=True,
+            timeout=RUN_TIMEOUT_S,
+            check=False,
+        )
+        assert done.returncode == cli.EXIT_USAGE, done.stderr
+        assert b"Traceback" not in done.stderr and len(done.stderr.splitlines()) == 1
+
+
+# --- against stand-in servers ------------------------------------------------------------
+def test_failed_writes_say_they_may_have_been_applied(capsys: pytest.CaptureFixture[str]) -> None:
+    def respond(request: Seen) -> Answer | None:
+        if request.path.endswith("/dropped"):
+            return None  # read the write, then drop the connection
+        return dynamo_error(503, "quorum_not_met", "write quorum not met", required=2, answered=1)
+
+    with FakeNode(kv_node(put=respond)) as fake:
+        for argv in (
+            ["put", "k", "v"],
+            ["delete", "k", "--context", "ctx"],
+            ["put", "dropped", "v"],
+            ["put", "dropped", "v", "--overwrite"],
+            ["delete", "dropped", "--context", "ctx"],
+        ):
+            assert run(fake.address, *argv) == cli.EXIT_UNAVAILABLE, argv
+            err = capsys.readouterr().err
+            assert err.count(MAYBE_APPLIED) == 1, (argv, err)
+            assert "Traceback" not in err and len(err.splitlines()) == 1
+        assert fake.methods().count("PUT") == 3  # each write was sent once
+    # refused before anything was sent: nothing to warn about
+    assert run(f"127.0.0.1:{free_port()}", "put", "k", "v") == cli.EXIT_UNAVAILABLE
+    assert MAYBE_APPLIED not in capsys.readouterr().err
+
+
+def test_leave_and_force_remove_force(capsys: pytest.CaptureFixture[str]) -> None:
+    refusal = (
+        "the leave of n2 would leave 2 ring member(s), fewer than N=3: every partition "
+        "would have only 2 replica(s)"
+    )
+
+    def respond(request: Seen) -> Answer | None:
+        if request.method == "POST" and not json.loads(request.body).get("force"):
+            return dynamo_error(409, "too_few_members", refusal)
+        return Answer(200, json.dumps({"node": "n2"}).encode(), {"Content-Type": JSON})
+
+    with FakeNode(respond) as fake:
+        for command in ("leave", "force-remove"):
+            assert run(fake.address, command, "n2") == cli.EXIT_OTHER
+            err = capsys.readouterr().err
+            assert err.startswith(f"dynamoctl: {refusal}")
+            assert "--force" in err and "fewer than N replicas" in err
+            assert run(fake.address, command, "n2", "--force") == cli.EXIT_OK
+            captured = capsys.readouterr()
+            assert captured.out.startswith("staged: n2")
+            assert "warning: --force" in captured.err and "fewer than N replicas" in captured.err
+        bodies = [json.loads(s.body) for s in fake.seen]
+        assert bodies == [{"node": "n2"}, {"node": "n2", "force": True}] * 2
+
+
+@pytest.mark.parametrize("status", [200, 404])
+def test_a_foreign_http_server_is_named_as_such(
+    status: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    page = Answer(status, b"<html><h1>Welcome to nginx!</h1></html>", {"Content-Type": "text/html"})
+    with FakeNode(lambda _: page) as fake:
+        for argv in (["get", "k"], ["put", "k", "v"], ["delete", "k"], ["status"], ["job", "j"]):
+            assert run(fake.address, *argv) == cli.EXIT_OTHER, argv
+            err = capsys.readouterr().err
+            assert err.startswith(f"dynamoctl: {fake.address} does not look like a dynamokv node: ")
+            assert "not found" not in err and len(err.splitlines()) == 1
+
+
+# --- TLS -----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tls_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NodeProc, Path]]:
+    root = tmp_path_factory.mktemp("tls")
+    certs = root / "certs"
+    certs.mkdir()
+    cert, key, ca = make_certs(certs)
+    with cluster(root) as c:
+        c.scheme = "https"
+        c.ssl_context = ssl.create_default_context(cafile=str(ca))
+        node = c.add_node("--tls-cert", str(cert), "--tls-key", str(key), "--tls-ca", str(ca))
+        yield node, ca
+
+
+@pytest.mark.cluster
+def test_tls_errors_are_one_line_and_https_works(
+    tls_node: tuple[NodeProc, Path],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    node, ca = tls_node
+    monkeypatch.delenv("DYNAMO_TLS_CA", raising=False)
+    https = f"https://{node.address}"
+    assert cli.main(["--node", https, "--timeout", "5", "get", "k"]) == cli.EXIT_UNAVAILABLE
+    err = capsys.readouterr().err
+    assert "certificate" in err and "could not be verified" in err and "--tls-ca" in err
+    assert len(err.splitlines()) == 1
+    assert cli.main(["--node", node.address, "--timeout", "5", "status"]) == cli.EXIT_UNAVAILABLE
+    err = capsys.readouterr().err
+    assert "https://" in err and len(err.splitlines()) == 1  # plain HTTP to a TLS port
+    assert cli.main(["--node", https, "--tls-ca", str(ca), "put", "k", "v"]) == cli.EXIT_OK
+    monkeypatch.setenv("DYNAMO_TLS_CA", str(ca))
+    capsys.readouterr()
+    assert cli.main(["--node", https, "get", "k"]) == cli.EXIT_OK
+    assert capsys.readouterr().out == "v"
+    assert cli.main(["--node", https, "--tls-ca", str(ca) + ".missing", "get", "k"]) == 2
+    assert "CA file" in capsys.readouterr().err
+
+
+# --- put --overwrite, get --json, job -------------------------------------------------------
+@pytest.mark.cluster
+def test_put_overwrite_replaces_instead_of_adding_a_sibling(
+    procs: Cluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    node = procs.add_node()
+    assert run(node, "put", "new", "first", "--overwrite") == 0  # absent: a plain write
+    assert run(node, "put", "new", "second", "--overwrite") == 0
+    capsys.readouterr()
+    assert run(node, "get", "new") == 0
+    assert capsys.readouterr().out == "second"
+    # siblings the read shows are resolved by the write
+    assert run(node, "put", "two", "a") == 0
+    assert run(node, "put", "two", "b") == 0
+    assert run(node, "get", "two") == cli.EXIT_SIBLINGS
+    assert run(node, "put", "two", "c", "--overwrite", "-v") == 0
+    assert "replacing 2 siblings" in capsys.readouterr().err
+    assert run(node, "get", "two") == 0
+    assert capsys.readouterr().out == "c"
+
+
+@pytest.mark.cluster
+def test_get_json_parses_json_values(procs: Cluster, capsys: pytest.CaptureFixture[str]) -> None:
+    node = procs.add_node()
+    assert run(node, "put", "cart", '{"items": ["book"]}', "--content-type", JSON) == 0
+    capsys.readouterr()
+    assert run(node, "get", "cart", "--json") == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert [s["value"] for s in shown["siblings"]] == [{"items": ["book"]}]
+    assert run(node, "put", "cart", '["milk"]', "--content-type", JSON) == 0  # a sibling
+    capsys.readouterr()
+    assert run(node, "get", "cart", "--json") == cli.EXIT_SIBLINGS
+    out = capsys.readouterr().out
+    assert "\n  " in out  # pretty-printed
+    values = [s["value"] for s in json.loads(out)["siblings"]]
+    assert sorted(values, key=json.dumps) == sorted([{"items": ["book"]}, ["milk"]], key=json.dumps)
+
+
+@pytest.mark.cluster
+def test_job_shows_an_admin_job(procs: Cluster, capsys: pytest.CaptureFixture[str]) -> None:
+    node = procs.add_node()
+    assert run(node, "repair") == 0
+    job_id = capsys.readouterr().out.strip()
+    assert run(node, "job", job_id, "--wait", "--wait-timeout", "20") == 0
+    captured = capsys.readouterr()
+    assert re.search(rf"^id\s+{re.escape(job_id)}$", captured.out, re.MULTILINE)
+    assert re.search(r"^state\s+done$", captured.out, re.MULTILINE)
+    assert re.search(r"^progress\s+\[#+\] 100%", captured.out, re.MULTILINE)
+    assert run(node, "job", job_id, "--json") == 0
+    assert json.loads(capsys.readouterr().out)["state"] == "done"
+    assert run(node, "job", "no-such-job") == cli.EXIT_NOT_FOUND
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_help_lists_the_new_commands_and_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["--help"]) == 0
+    assert re.search(r"^\s+job\s", capsys.readouterr().out, re.MULTILINE)
+    for command, flag in [
+        ("put", "--overwrite"),
+        ("leave", "--force"),
+        ("force-remove", "--force"),
+    ]:
+        assert cli.main([command, "--help"]) == 0
+        assert flag in capsys.readouterr().out

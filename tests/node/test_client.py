@@ -7,17 +7,26 @@ else talks HTTP to nodes started by the `procs` fixture (tests/harness.py).
 from __future__ import annotations
 
 import json
+import re
+import ssl
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from dynamo_node.client import (
+    DEFAULT_NODE,
+    MAYBE_APPLIED,
     AuthError,
     BadRequest,
     ClientError,
     ConnectionFailed,
     DynamoClient,
     GetResult,
+    NotDynamoNode,
     NotFound,
     Sibling,
     SiblingsError,
@@ -25,7 +34,10 @@ from dynamo_node.client import (
     _error_from,
     split_node,
 )
-from tests.harness import Cluster, free_port, wait_for
+from tests.certs import make_certs
+from tests.harness import Cluster, NodeProc, cluster, free_port, wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
 
 JSON = "application/json"
 AWKWARD_KEYS = ["a/b/c", "with space", "ünïcödé/ключ/鍵", "100%", "?q=1&x#frag", "a%2Fb"]
@@ -304,7 +316,11 @@ def test_cluster_quorums_and_admin_views(procs: Cluster) -> None:
         assert all(len(set(p["preference_list"])) == 3 for p in ring["partitions"])
 
         assert first.plan() == {"ring_version": ring["ring_version"], "staged": False, "plan": None}
-        first.leave(nodes[2].node_id)
+        with pytest.raises(ClientError) as too_few:  # 2 members left, N=3
+            first.leave(nodes[2].node_id)
+        assert (too_few.value.status, too_few.value.code) == (409, "too_few_members")
+        assert first.plan()["staged"] is False
+        first.leave(nodes[2].node_id, force=True)
         staged = first.plan()
         assert staged["staged"] and staged["plan"]["leaves"] == [nodes[2].node_id]
         assert first.clear_plan() == {"staged": False}
@@ -315,3 +331,291 @@ def test_cluster_quorums_and_admin_views(procs: Cluster) -> None:
             first.put("shared", b"again", w="all", timeout_ms=2000)
         assert info.value.required == 3
         assert info.value.answered is not None and info.value.answered < 3
+
+
+# --- a stand-in HTTP server (not a dynamokv node) -------------------------------------------
+@dataclass
+class Answer:
+    status: int
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+    #: close the connection after answering, without saying so (an idle close)
+    close: bool = False
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+#: answers a request, or None: read it whole, then drop the connection unanswered
+Responder = Callable[[Seen], "Answer | None"]
+
+
+def dynamo_error(status: int, code: str, message: str, **extra: object) -> Answer:
+    body = json.dumps({"error": {"code": code, "message": message, **extra}}).encode()
+    return Answer(status, body, {"Content-Type": JSON})
+
+
+class FakeNode:
+    """An HTTP/1.1 server on loopback that records every request it read and answers
+    with `respond` (keep-alive unless told otherwise). A context manager."""
+
+    def __init__(self, respond: Responder) -> None:
+        self.respond = respond
+        self.seen: list[Seen] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+            def serve(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                request = Seen(self.command, self.path, dict(self.headers), body)
+                outer.seen.append(request)
+                answer = outer.respond(request)
+                if answer is None:
+                    self.close_connection = True
+                    return
+                self.send_response(answer.status)
+                for name, value in answer.headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(answer.body)))
+                self.end_headers()
+                self.wfile.write(answer.body)
+                self.wfile.flush()
+                if answer.close:
+                    self.close_connection = True
+
+            do_GET = do_PUT = do_DELETE = do_POST = do_HEAD = serve
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.address = f"127.0.0.1:{self.server.server_address[1]}"
+
+    def methods(self) -> list[str]:
+        return [s.method for s in self.seen]
+
+    def __enter__(self) -> FakeNode:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+def kv_node(put: Callable[[Seen], Answer | None] | None = None) -> Responder:
+    """A dynamokv-shaped responder: GET -> 404 not found, PUT/DELETE -> `put` (default:
+    204 with a context), POST admin -> {"node": ...}."""
+
+    def respond(request: Seen) -> Answer | None:
+        if request.method == "GET":
+            return dynamo_error(404, "not_found", "no value")
+        if request.method in ("PUT", "DELETE"):
+            if put is not None:
+                return put(request)
+            return Answer(204, headers={"X-Dynamo-Context": "ctx"})
+        return Answer(200, json.dumps({"node": "n1"}).encode(), {"Content-Type": JSON})
+
+    return respond
+
+
+# --- writes are never sent twice; reads are retried --------------------------------------
+def test_a_write_lost_after_it_was_sent_is_not_resent() -> None:
+    with FakeNode(kv_node(put=lambda _: None)) as fake, DynamoClient(fake.address) as client:
+        assert not client.get("k").found  # the connection is now a kept-alive, reused one
+        with pytest.raises(ConnectionFailed) as info:
+            client.put("k", b"v")
+        assert fake.methods().count("PUT") == 1
+        assert info.value.maybe_applied
+        assert MAYBE_APPLIED in str(info.value)
+        with pytest.raises(ConnectionFailed) as deleted:
+            client.delete("k", "ctx")
+        assert fake.methods().count("DELETE") == 1 and deleted.value.maybe_applied
+        # a fresh connection (not reused) is not resent either
+        client.close()
+        with pytest.raises(ConnectionFailed):
+            client.put("k", b"v")
+        assert fake.methods().count("PUT") == 2
+
+
+def test_a_read_lost_on_a_reused_connection_is_retried_once() -> None:
+    drops = [1]
+
+    def respond(request: Seen) -> Answer | None:
+        if request.method == "GET" and request.path.endswith("/dropped") and drops:
+            drops.pop()
+            return None
+        return dynamo_error(404, "not_found", "no value")
+
+    with FakeNode(respond) as fake, DynamoClient(fake.address) as client:
+        assert not client.get("k").found
+        assert not client.get("dropped").found  # dropped once, then asked again
+        assert fake.methods() == ["GET", "GET", "GET"]
+
+
+def test_a_connection_closed_while_idle_is_reopened_before_a_write() -> None:
+    def respond(request: Seen) -> Answer | None:
+        if request.method == "GET":
+            answer = dynamo_error(404, "not_found", "no value")
+            answer.close = True  # keep-alive as far as the client knows, then closed
+            return answer
+        return Answer(204, headers={"X-Dynamo-Context": "ctx"})
+
+    with FakeNode(respond) as fake, DynamoClient(fake.address) as client:
+        assert not client.get("k").found
+        conn = client._conn
+        assert conn is not None
+        wait_for(lambda: DynamoClient._idle_closed(conn), 5, what="the server closed it")
+        assert client.put("k", b"v") == "ctx"
+        assert fake.methods() == ["GET", "PUT"]
+
+
+def test_a_503_write_exposes_maybe_applied() -> None:
+    body = json.dumps(
+        {
+            "error": {
+                "code": "quorum_not_met",
+                "message": "m",
+                "required": 2,
+                "answered": 1,
+                "maybe_applied": True,
+            }
+        }
+    ).encode()
+    error = _error_from(503, body, "Service Unavailable")
+    assert isinstance(error, Unavailable) and error.maybe_applied
+    plain = _error_from(503, json.dumps({"error": {"code": "x", "message": "m"}}).encode(), "")
+    assert not plain.maybe_applied
+
+
+# --- arguments are checked before anything is sent ------------------------------------------
+def test_bad_arguments_raise_before_sending_and_str_is_utf8() -> None:
+    with FakeNode(kv_node()) as fake, DynamoClient(fake.address) as client:
+        bad_calls: list[Callable[[], object]] = [
+            lambda: client.put("k", 123),  # type: ignore[arg-type]
+            lambda: client.put(None, b"v"),  # type: ignore[arg-type]
+            lambda: client.get(None),  # type: ignore[arg-type]
+            lambda: client.put("k", b"v", context=5),  # type: ignore[arg-type]
+            lambda: client.delete(b"k"),  # type: ignore[arg-type]
+            lambda: client.get("k", r=1.5),  # type: ignore[arg-type]
+            lambda: client.put("k", b"v", content_type=None),  # type: ignore[arg-type]
+        ]
+        for call in bad_calls:
+            with pytest.raises(TypeError):
+                call()
+        for call in [
+            lambda: client.get(""),
+            lambda: client.put("", b"v"),
+            lambda: client.delete(""),
+            lambda: client.put("k", b"v", w=0),
+            lambda: client.put("k", b"v", content_type="text/plain\r\nX-Evil: 1"),
+            lambda: client.put("k", b"v", content_type="text/✓"),
+            lambda: client.delete("k", "ctx\n"),
+        ]:
+            with pytest.raises(ValueError):
+                call()
+        assert fake.seen == []  # nothing was sent
+        assert client.put("k", "héllo ✓") == "ctx"  # and the client is still usable
+        assert fake.seen[-1].body == "héllo ✓".encode()
+    with pytest.raises(ValueError, match="timeout"):
+        DynamoClient("127.0.0.1:1", timeout=-1)
+    with pytest.raises(ValueError, match="token"):
+        DynamoClient("127.0.0.1:1", token="a\nb")
+    with pytest.raises(ValueError, match="CA file"):
+        DynamoClient("127.0.0.1:1", tls_ca="/no/such/ca.pem")
+
+
+def test_leave_and_force_remove_send_force_only_when_asked() -> None:
+    with FakeNode(kv_node()) as fake, DynamoClient(fake.address) as client:
+        client.leave("n1")
+        client.leave("n1", force=True)
+        client.force_remove("n2")
+        client.force_remove("n2", force=True)
+    bodies = [(s.path, json.loads(s.body)) for s in fake.seen]
+    assert bodies == [
+        ("/v1/admin/leave", {"node": "n1"}),
+        ("/v1/admin/leave", {"node": "n1", "force": True}),
+        ("/v1/admin/force-remove", {"node": "n2"}),
+        ("/v1/admin/force-remove", {"node": "n2", "force": True}),
+    ]
+
+
+# --- something that is not a dynamokv node -------------------------------------------------
+@pytest.mark.parametrize("status", [200, 404])
+def test_a_foreign_http_server_is_not_a_dynamokv_node(status: int) -> None:
+    page = Answer(status, b"<html><body>Hello</body></html>", {"Content-Type": "text/html"})
+    with FakeNode(lambda _: page) as fake, DynamoClient(fake.address) as client:
+        calls: list[Callable[[], object]] = [
+            lambda: client.get("k"),
+            lambda: client.put("k", b"v"),
+            lambda: client.delete("k", "ctx"),
+            client.status,
+            lambda: client.leave("n1"),
+        ]
+        for call in calls:
+            with pytest.raises(NotDynamoNode) as info:
+                call()
+            assert str(info.value).startswith(
+                f"{fake.address} does not look like a dynamokv node: "
+            ), info.value
+            assert f"HTTP {status}" in str(info.value)
+
+
+# --- TLS ----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tls_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NodeProc, Path]]:
+    root = tmp_path_factory.mktemp("tls")
+    certs = root / "certs"
+    certs.mkdir()
+    cert, key, ca = make_certs(certs)
+    with cluster(root) as c:
+        c.scheme = "https"
+        c.ssl_context = ssl.create_default_context(cafile=str(ca))
+        node = c.add_node("--tls-cert", str(cert), "--tls-key", str(key), "--tls-ca", str(ca))
+        yield node, ca
+
+
+@pytest.mark.cluster
+def test_tls_node_without_the_ca_and_with_https(tls_node: tuple[NodeProc, Path]) -> None:
+    node, ca = tls_node
+    with DynamoClient(f"https://{node.address}", timeout=5) as client:
+        with pytest.raises(ConnectionFailed, match=r"certificate .* could not be verified") as e:
+            client.get("k")
+        assert "--tls-ca" in str(e.value) and not e.value.maybe_applied
+    with DynamoClient(f"https://{node.address}", tls_ca=str(ca)) as client:
+        client.put("k", "über")
+        assert client.get("k").value == "über".encode()
+    plain = DynamoClient(node.address, timeout=5)  # plain HTTP to a TLS port
+    with plain, pytest.raises(ConnectionFailed, match="https://"):
+        plain.get("k")
+
+
+# --- the documented examples run -----------------------------------------------------------
+DOC_SOURCES = [ROOT / "README.md", ROOT / "docs" / "client.md"]
+
+
+def python_blocks(path: Path) -> list[str]:
+    return re.findall(r"^```python\n(.*?)^```", path.read_text(), re.MULTILINE | re.DOTALL)
+
+
+@pytest.mark.cluster
+@pytest.mark.parametrize("doc", DOC_SOURCES, ids=lambda p: p.name)
+def test_documented_client_examples_run(procs: Cluster, doc: Path) -> None:
+    blocks = python_blocks(doc)
+    assert blocks, f"no python example in {doc}"
+    node = procs.add_node()
+    namespace: dict[str, object] = {"__name__": "doc_example"}  # blocks run in order
+    for block in blocks:
+        code = block.replace(DEFAULT_NODE, node.address)
+        exec(compile(code, str(doc), "exec"), namespace)

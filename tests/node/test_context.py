@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import hmac
 from typing import Any
 
 import msgpack
@@ -12,9 +11,21 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from dynamo_node.context import DEFAULT_KEY, MAC_BYTES, MAX_CONTEXT_CHARS, VERSION, ContextCodec
+from dynamo_node.context import (
+    DEFAULT_KEY,
+    MAC_BYTES,
+    MAX_CONTEXT_CHARS,
+    OLD_VERSION,
+    TAG_BYTES,
+    VERSION,
+    ContextCodec,
+)
 from dynamo_node.errors import InvalidContext, InvalidRequest
+from dynamo_node.storage import storage_key
 from dynamo_node.vclock import VClock
+
+#: the storage key the contexts of these tests are issued for
+SKEY = storage_key("k")
 
 ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 
@@ -41,13 +52,22 @@ def unb64(text: str) -> bytes:
 
 def signed(payload: bytes, key: bytes = DEFAULT_KEY) -> str:
     """A context with a valid MAC over an arbitrary payload (as a peer with the key could)."""
-    mac = hmac.new(key, payload, hashlib.sha256).digest()[:MAC_BYTES]
+    mac = hashlib.blake2b(payload, key=key, digest_size=MAC_BYTES).digest()
     return b64(payload + mac)
+
+
+def tag(skey: bytes = SKEY, key: bytes = DEFAULT_KEY) -> bytes:
+    """The key tag a context for `skey` carries (after the version byte)."""
+    return hashlib.blake2b(b"\x00key" + skey, key=key, digest_size=MAC_BYTES).digest()[:TAG_BYTES]
+
+
+#: what a valid context for SKEY starts with
+HEAD = VERSION + tag()
 
 
 def only_invalid_context(codec: ContextCodec, text: str | None) -> VClock | None:
     try:
-        clock = codec.decode(text)
+        clock = codec.decode(text, SKEY)
     except InvalidContext as exc:
         assert isinstance(exc, InvalidRequest)
         assert exc.status == 400
@@ -62,25 +82,25 @@ def only_invalid_context(codec: ContextCodec, text: str | None) -> VClock | None
 @given(clock_st, secret_st)
 def test_round_trip(clock: VClock, secret: str) -> None:
     codec = ContextCodec(secret)
-    text = codec.encode(clock)
+    text = codec.encode(clock, SKEY)
     assert isinstance(text, str)
     assert set(text) <= set(ALPHABET)  # URL- and header-safe, no padding
-    back = codec.decode(text)
+    back = codec.decode(text, SKEY)
     assert back == clock
     assert list(back.items()) == list(clock.items())
     assert back.pruned == clock.pruned
     # surrounding whitespace (as from a header) is tolerated
-    assert codec.decode(f"  {text}\t") == clock
+    assert codec.decode(f"  {text}\t", SKEY) == clock
 
 
 @given(clock_st)
 def test_encoding_is_deterministic(clock: VClock) -> None:
-    assert ContextCodec("s").encode(clock) == ContextCodec("s").encode(clock)
+    assert ContextCodec("s").encode(clock, SKEY) == ContextCodec("s").encode(clock, SKEY)
 
 
 @pytest.mark.parametrize("text", [None, "", " ", "\t\n", "   \r\n"])
 def test_absent_or_empty_is_the_empty_clock(text: str | None) -> None:
-    clock = ContextCodec().decode(text)
+    clock = ContextCodec().decode(text, SKEY)
     assert clock == VClock()
     assert len(clock) == 0
     assert not clock.pruned
@@ -88,10 +108,10 @@ def test_absent_or_empty_is_the_empty_clock(text: str | None) -> None:
 
 def test_empty_clock_round_trips_to_a_non_empty_string() -> None:
     codec = ContextCodec()
-    text = codec.encode(VClock())
+    text = codec.encode(VClock(), SKEY)
     assert text
-    assert codec.decode(text) == VClock()
-    assert codec.decode(codec.encode(VClock(pruned=True))).pruned
+    assert codec.decode(text, SKEY) == VClock()
+    assert codec.decode(codec.encode(VClock(pruned=True), SKEY), SKEY).pruned
 
 
 # --- fuzzing --------------------------------------------------------------------------------------
@@ -159,21 +179,21 @@ structures = st.recursive(
 @example([["a", 1, 0], False, "extra"])
 def test_validly_signed_garbage_only_invalid_context(value: Any) -> None:
     """Past the MAC (a peer that knows the key, or a bug): the payload is still checked."""
-    payload = VERSION + msgpack.packb(value, use_bin_type=True)
+    payload = HEAD + msgpack.packb(value, use_bin_type=True)
     only_invalid_context(ContextCodec(), signed(payload))
 
 
 @settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=100))
 def test_validly_signed_random_bytes_only_invalid_context(body: bytes) -> None:
-    only_invalid_context(ContextCodec(), signed(VERSION + body))
-    only_invalid_context(ContextCodec(), signed(b"\x02" + body))
+    only_invalid_context(ContextCodec(), signed(HEAD + body))
+    only_invalid_context(ContextCodec(), signed(b"\x03" + body))
 
 
 def test_validly_signed_unknown_version_rejected() -> None:
-    payload = b"\x02" + msgpack.packb([[], False])
+    payload = b"\x03" + msgpack.packb([[], False])
     with pytest.raises(InvalidContext):
-        ContextCodec().decode(signed(payload))
+        ContextCodec().decode(signed(payload), SKEY)
 
 
 @pytest.mark.parametrize(
@@ -195,13 +215,13 @@ def test_validly_signed_unknown_version_rejected() -> None:
 )
 def test_validly_signed_malformed_clock_rejected(value: Any) -> None:
     with pytest.raises(InvalidContext):
-        ContextCodec().decode(signed(VERSION + msgpack.packb(value, use_bin_type=True)))
+        ContextCodec().decode(signed(HEAD + msgpack.packb(value, use_bin_type=True)), SKEY)
 
 
 def test_validly_signed_trailing_bytes_rejected() -> None:
-    payload = VERSION + msgpack.packb([["a", 1, 0], False]) + b"\x00"
+    payload = HEAD + msgpack.packb([["a", 1, 0], False]) + b"\x00"
     with pytest.raises(InvalidContext):
-        ContextCodec().decode(signed(payload))
+        ContextCodec().decode(signed(payload), SKEY)
 
 
 # --- tampering --------------------------------------------------------------------------------
@@ -215,13 +235,13 @@ sample_clock = VClock({"node-1": (3, 1_700_000_000_000), "node-2": (9, 1_700_000
 def test_one_flipped_character_is_rejected(clock: VClock, secret: str, data: st.DataObject) -> None:
     """Replace any one character of a context with a different base64url character."""
     codec = ContextCodec(secret)
-    text = codec.encode(clock)
+    text = codec.encode(clock, SKEY)
     last = len(text) - 1
     i = data.draw(st.one_of(st.just(last), st.integers(0, last)), label="position")
     c = data.draw(st.sampled_from(ALPHABET.replace(text[i], "")), label="replacement")
     tampered = text[:i] + c + text[i + 1 :]
     with pytest.raises(InvalidContext):
-        codec.decode(tampered)
+        codec.decode(tampered, SKEY)
 
 
 def test_flipping_the_last_character_is_rejected() -> None:
@@ -229,24 +249,26 @@ def test_flipping_the_last_character_is_rejected() -> None:
     last character when len(text) % 4 != 0; the lenient decoder ignores them, so a
     context with its last character changed is accepted (decoding to the same clock)."""
     codec = ContextCodec()
-    text = codec.encode(VClock({"a": (1, 0)}))
+    # an actor name of the length that leaves the last character with unused bits
+    texts = [codec.encode(VClock({"a" * size: (1, 0)}), SKEY) for size in (1, 2, 3)]
+    text = next(t for t in texts if len(t) % 4 != 0)
     assert len(text) % 4 != 0  # the last character carries unused bits
     alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
     for other in alphabet:
         if other != text[-1]:
             with pytest.raises(InvalidContext):
-                codec.decode(text[:-1] + other)
+                codec.decode(text[:-1] + other, SKEY)
 
 
 @settings(max_examples=300, deadline=None)
 @given(clock_st, st.data())
 def test_one_flipped_bit_in_the_payload_is_rejected(clock: VClock, data: st.DataObject) -> None:
     codec = ContextCodec()
-    raw = bytearray(unb64(codec.encode(clock)))
+    raw = bytearray(unb64(codec.encode(clock, SKEY)))
     i = data.draw(st.integers(min_value=0, max_value=len(raw) - 1))
     raw[i] ^= 1 << data.draw(st.integers(0, 7))
     with pytest.raises(InvalidContext):
-        codec.decode(b64(bytes(raw)))
+        codec.decode(b64(bytes(raw)), SKEY)
 
 
 @settings(max_examples=200, deadline=None)
@@ -257,7 +279,7 @@ def test_any_other_character_never_yields_a_different_clock(
     """Replacing one character with *any* character is rejected or decodes to the very
     same clock (never to a different one)."""
     codec = ContextCodec()
-    text = codec.encode(clock)
+    text = codec.encode(clock, SKEY)
     i = data.draw(st.integers(min_value=0, max_value=len(text) - 1))
     c = data.draw(st.characters())
     back = only_invalid_context(codec, text[:i] + c + text[i + 1 :])
@@ -268,13 +290,13 @@ def test_any_other_character_never_yields_a_different_clock(
 
 def test_truncated_and_extended_contexts_rejected() -> None:
     codec = ContextCodec()
-    text = codec.encode(sample_clock)
+    text = codec.encode(sample_clock, SKEY)
     for cut in range(1, len(text)):
         with pytest.raises(InvalidContext):
-            codec.decode(text[:cut])
+            codec.decode(text[:cut], SKEY)
     for extra in ("A", "AA", "AAAA", text):
         with pytest.raises(InvalidContext):
-            codec.decode(text + extra)
+            codec.decode(text + extra, SKEY)
 
 
 @given(clock_st, st.text(min_size=1, max_size=20), st.text(max_size=20))
@@ -283,25 +305,25 @@ def test_context_signed_with_another_secret_rejected(
 ) -> None:
     if other == secret:
         return
-    text = ContextCodec(secret).encode(clock)
+    text = ContextCodec(secret).encode(clock, SKEY)
     with pytest.raises(InvalidContext):
-        ContextCodec(other).decode(text)
+        ContextCodec(other).decode(text, SKEY)
 
 
 def test_default_key_and_cluster_secret_are_distinct() -> None:
-    text = ContextCodec().encode(sample_clock)
+    text = ContextCodec().encode(sample_clock, SKEY)
     with pytest.raises(InvalidContext):
-        ContextCodec("cluster-token").decode(text)
-    assert ContextCodec(DEFAULT_KEY.decode()).decode(text) == sample_clock
+        ContextCodec("cluster-token").decode(text, SKEY)
+    assert ContextCodec(DEFAULT_KEY.decode()).decode(text, SKEY) == sample_clock
 
 
 def test_forged_clock_without_the_key_rejected() -> None:
     """Re-encoding a different clock with a MAC under a guessed key does not verify."""
-    payload = VERSION + msgpack.packb([["node-1", 1_000_000, 0], False])
+    payload = HEAD + msgpack.packb([["node-1", 1_000_000, 0], False])
     with pytest.raises(InvalidContext):
-        ContextCodec("secret").decode(signed(payload))
+        ContextCodec("secret").decode(signed(payload), SKEY)
     with pytest.raises(InvalidContext):
-        ContextCodec("secret").decode(b64(payload + b"\x00" * MAC_BYTES))
+        ContextCodec("secret").decode(b64(payload + b"\x00" * MAC_BYTES), SKEY)
 
 
 # --- length limits ---------------------------------------------------------------------------
@@ -310,22 +332,69 @@ def test_forged_clock_without_the_key_rejected() -> None:
 def test_over_long_context_rejected() -> None:
     codec = ContextCodec()
     with pytest.raises(InvalidContext, match="too long"):
-        codec.decode("A" * (MAX_CONTEXT_CHARS + 1))
+        codec.decode("A" * (MAX_CONTEXT_CHARS + 1), SKEY)
     with pytest.raises(InvalidContext):
-        codec.decode("A" * (10 * MAX_CONTEXT_CHARS))
+        codec.decode("A" * (10 * MAX_CONTEXT_CHARS), SKEY)
 
 
 def test_over_long_but_validly_signed_context_rejected() -> None:
     big = VClock({f"actor-{i:05d}": (i + 1, i) for i in range(2_000)})
     codec = ContextCodec()
-    text = codec.encode(big)
+    text = codec.encode(big, SKEY)
     assert len(text) > MAX_CONTEXT_CHARS
     with pytest.raises(InvalidContext, match="too long"):
-        codec.decode(text)
+        codec.decode(text, SKEY)
 
 
 def test_context_at_the_limit_is_measured_after_stripping() -> None:
     codec = ContextCodec()
-    text = codec.encode(sample_clock)
+    text = codec.encode(sample_clock, SKEY)
     padded = " " * MAX_CONTEXT_CHARS + text + " " * MAX_CONTEXT_CHARS
-    assert codec.decode(padded) == sample_clock
+    assert codec.decode(padded, SKEY) == sample_clock
+
+
+# --- binding to the key ------------------------------------------------------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(clock_st, secret_st, st.text(min_size=1, max_size=20), st.text(min_size=1, max_size=20))
+def test_a_context_is_valid_only_for_the_key_it_was_issued_for(
+    clock: VClock, secret: str, key: str, other: str
+) -> None:
+    """A context of one key presented with another would supersede versions its writer
+    never saw (data loss): it is refused with a message that says why."""
+    codec = ContextCodec(secret)
+    text = codec.encode(clock, storage_key(key))
+    assert codec.decode(text, storage_key(key)) == clock
+    if other != key:
+        with pytest.raises(InvalidContext, match="issued for another key"):
+            codec.decode(text, storage_key(other))
+
+
+def test_the_binding_is_to_the_storage_key_bytes() -> None:
+    """Bound to the bytes of the storage key (so a bucket in it is bound too)."""
+    codec = ContextCodec()
+    text = codec.encode(sample_clock, b"\x00" * 8 + b"bucket-a/k")
+    with pytest.raises(InvalidContext, match="another key"):
+        codec.decode(text, b"\x00" * 8 + b"bucket-b/k")
+    assert codec.decode(text, b"\x00" * 8 + b"bucket-a/k") == sample_clock
+
+
+def test_an_empty_context_is_the_empty_clock_for_any_key() -> None:
+    codec = ContextCodec()
+    assert codec.decode(None, storage_key("a")) == VClock()
+    assert codec.decode("", storage_key("b")) == VClock()
+
+
+def test_an_unbound_context_of_an_earlier_release_is_refused() -> None:
+    payload = OLD_VERSION + msgpack.packb([["a", 1, 0], False])
+    with pytest.raises(InvalidContext, match="earlier release"):
+        ContextCodec().decode(signed(payload), SKEY)
+
+
+def test_the_key_tag_is_keyed_by_the_secret() -> None:
+    """The tag does not reveal the key to anyone without the secret: it is a MAC too."""
+    assert (
+        unb64(ContextCodec("a").encode(sample_clock, SKEY))[1 : 1 + TAG_BYTES]
+        != unb64(ContextCodec("b").encode(sample_clock, SKEY))[1 : 1 + TAG_BYTES]
+    )

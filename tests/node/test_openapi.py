@@ -42,8 +42,9 @@ def test_api_conforms_to_its_openapi_document(live_node: tuple[Cluster, NodeProc
         def run(case: schemathesis.Case) -> None:
             response = case.call(base_url=node.url, timeout=10)
             if response.status_code == 503:  # documented: an unmet explicit quorum
-                code = response.json()["error"]["code"]
-                assert code in {"quorum_not_met", "unavailable", "not_ready"}, response.text
+                if case.method != "HEAD":  # a HEAD answer has no body to read
+                    code = response.json()["error"]["code"]
+                    assert code in {"quorum_not_met", "unavailable", "not_ready"}, response.text
             else:
                 assert response.status_code < 500, (case.method, case.path, response.text[:300])
             # a random X-Dynamo-Context is schema-valid but fails its MAC (400 by design),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dynamo_node.errors import InvalidQuorum, InvalidRequest
+from dynamo_node.errors import InvalidParameter, InvalidQuorum, InvalidRequest
 from dynamo_node.quorum import MAX_TIMEOUT_MS, effective, parse_quorum, parse_timeout_ms
 
 
@@ -74,8 +74,11 @@ def test_parse_timeout_ms(raw: str | None, want: int) -> None:
     "raw", ["0", "-5", str(MAX_TIMEOUT_MS + 1), "abc", "1.5", "10ms", "1e3", " "]
 )
 def test_parse_timeout_ms_rejects_bad_values(raw: str) -> None:
-    with pytest.raises(InvalidQuorum):
+    # a bad timeout is an invalid parameter, not an invalid quorum
+    with pytest.raises(InvalidParameter) as caught:
         parse_timeout_ms(raw, 3000)
+    assert caught.value.code == "invalid_parameter" and caught.value.status == 400
+    assert not isinstance(caught.value, InvalidQuorum)
 
 
 def test_effective_explicit_is_never_clamped() -> None:

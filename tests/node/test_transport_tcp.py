@@ -17,7 +17,15 @@ from hypothesis import strategies as st
 
 from dynamo_node.errors import InvalidRequest, PeerError
 from dynamo_node.transport import RemoteError
-from dynamo_node.transport_tcp import BATCH, BATCH_BYTES, RpcServer, TcpTransport, _Framer, _Output
+from dynamo_node.transport_tcp import (
+    BATCH,
+    BATCH_BYTES,
+    HELLO_MAX_FRAME,
+    RpcServer,
+    TcpTransport,
+    _Framer,
+    _Output,
+)
 from tests.harness import free_port
 
 TOKEN = "cluster-secret"
@@ -382,5 +390,71 @@ async def test_a_malformed_batch_is_refused_and_the_connection_kept() -> None:
         writer.write(_frame([9, BATCH, ["echo", [1, 2]]]))
         assert await frame() == [9, 0, [[0, ["raw", 1]], [0, ["raw", 2]]]]
         writer.close()
+    finally:
+        await server.stop()
+
+
+async def _closed(reader: asyncio.StreamReader, timeout: float = 5) -> bool:
+    """Whether the server closes the connection (within `timeout`) without answering."""
+    try:
+        return await asyncio.wait_for(reader.read(), timeout) == b""
+    except ConnectionResetError:
+        return True
+
+
+async def test_before_the_hello_a_connection_is_held_to_little() -> None:
+    """The first frame is at most HELLO_MAX_FRAME, arrives within hello_timeout_s, and
+    at most max_unauthenticated connections wait for theirs; each refusal is counted."""
+    server = RpcServer(_echo, TOKEN, hello_timeout_s=0.5, max_unauthenticated=2)
+    port = free_port()
+    await server.start("127.0.0.1", port)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(struct.pack(">I", HELLO_MAX_FRAME + 1) + b"\0" * 100)
+        assert await _closed(reader)
+        assert server.refused == 1
+        silent = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+        await asyncio.sleep(0.05)
+        extra_reader, _ = await asyncio.open_connection("127.0.0.1", port)
+        assert await _closed(extra_reader, 0.4)  # beyond the limit: at once
+        for silent_reader, _ in silent:  # then the deadline closes the others
+            assert await _closed(silent_reader)
+        assert server.refused == 4 and not server.waiting
+        # a hello with a large frame behind it in the same write: both served
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        big = b"x" * (BATCH_BYTES // 2)
+        writer.write(_frame([0, "hello", [TOKEN, "peer"]]) + _frame([1, "echo", big]))
+        framer, got = _Framer(), []
+        while len(got) < 2:
+            got += framer.feed(await asyncio.wait_for(reader.read(65536), 5))
+        assert got == [[0, 0, ["ok", [BATCH]]], [1, 0, ["peer", big]]]
+        await asyncio.sleep(0.7)  # past the hello deadline: kept
+        writer.write(_frame([2, "echo", 1]))
+        assert framer.feed(await asyncio.wait_for(reader.read(65536), 5)) == [[2, 0, ["peer", 1]]]
+        assert server.refused == 4 and not server.waiting
+        writer.close()
+    finally:
+        await server.stop()
+
+
+async def test_nothing_after_a_bad_hello_is_served() -> None:
+    calls: list[Any] = []
+
+    async def record(method: str, args: Any, caller: str) -> Any:
+        calls.append(method)
+        return None
+
+    server = RpcServer(record, TOKEN)
+    port = free_port()
+    await server.start("127.0.0.1", port)
+    try:
+        for bad in ("", "wrong", None):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            first = [1, "echo", []] if bad is None else [0, "hello", [bad, "x"]]
+            writer.write(
+                _frame(first) + _frame([0, "hello", [TOKEN, "x"]]) + _frame([1, "echo", []])
+            )
+            assert await _closed(reader)
+        assert calls == [] and server.refused == 3
     finally:
         await server.stop()

@@ -91,7 +91,7 @@ def test_bad_input_is_a_json_4xx(one: tuple[Cluster, NodeProc]) -> None:
     assert _error(c.get(n, "k", "?r=0")) == (400, "invalid_quorum")
     assert _error(c.get(n, "k", "?r=4")) == (400, "invalid_quorum")
     assert _error(c.put(n, "k", b"x", query="?w=lots")) == (400, "invalid_quorum")
-    assert _error(c.get(n, "k", "?timeout_ms=-5")) == (400, "invalid_quorum")
+    assert _error(c.get(n, "k", "?timeout_ms=-5")) == (400, "invalid_parameter")
     assert _error(c.request(n, "GET", "/v2/nothing")) == (404, "not_found")
     assert _error(c.request(n, "POST", "/v1/kv/k", b"x")) == (405, "method_not_allowed")
     assert _error(c.request(n, "POST", "/v1/admin/join", b"[1,2]")) == (400, "invalid_request")
