@@ -1,4 +1,4 @@
-"""dynamoctl: the client and admin command line of dynamokv (DESIGN.md §1, §5).
+"""dynamoctl: the client and admin command line of dynamokv (docs/operations.md, docs/api.md).
 
 A thin shell over `client.DynamoClient`: parse arguments, make one or a few calls,
 render the answer for a person (tables, progress bars) or for a script (`--json`),
@@ -73,7 +73,7 @@ BAR_WIDTH: Final = 30
 PERCENT: Final = 100
 JSON_INDENT: Final = 2
 
-# `dynamoctl local` defaults (DESIGN.md §1)
+# `dynamoctl local` defaults
 LOCAL_NODES: Final = 3
 LOCAL_PORT: Final = 7070
 LOCAL_DATA_DIR: Final = "./dynamokv-data"
@@ -370,7 +370,7 @@ def cmd_put(client: DynamoClient, args: argparse.Namespace) -> int:
 def cmd_delete(client: DynamoClient, args: argparse.Namespace) -> int:
     context = args.context
     if context is None:
-        # A delete without a context would supersede nothing (DESIGN.md §2): delete
+        # A delete without a context would supersede nothing (docs/api.md): delete
         # what is there now, like `riak delete` does.
         current = client.get(args.key, r=args.r)
         if not current.found:

@@ -1,4 +1,4 @@
-"""The client key-value API (DESIGN.md §5, `/v1/kv/{key}`), apart from any HTTP server.
+"""The client key-value API (`/v1/kv/{key}`, docs/api.md), apart from any HTTP server.
 
 Both HTTP edges call it: the lean HTTP/1.1 server (`http1`) that serves the data path,
 and the aiohttp application (`web`) for the requests it hands over. Input is what the
@@ -75,8 +75,8 @@ def scope_of(path: str) -> str:
 
 
 class Authorizer:
-    """Bearer tokens (DESIGN §6): the client token may use the kv API, the cluster token
-    everything; with neither configured, auth is off."""
+    """Bearer tokens (docs/operations.md, Authentication): the client token may use the
+    kv API, the cluster token everything; with neither configured, auth is off."""
 
     def __init__(self, client_token: str, cluster_token: str) -> None:
         self._client = client_token.encode()

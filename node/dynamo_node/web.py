@@ -1,7 +1,7 @@
 """The aiohttp application of a node: admin API, health, metrics, docs, and the key-value
 routes for the requests the lean data-path server (`http1`) hands over.
 
-Contract: DESIGN.md §5. Every error is `{"error": {"code", "message"}}`; `DynamoError`
+Contract: docs/api.md. Every error is `{"error": {"code", "message"}}`; `DynamoError`
 subclasses map to their status in `kvapi.error_reply` and nowhere else. Keys are taken
 from the raw path and percent-decoded once, so any UTF-8 key (with `/`) round-trips.
 Request bodies are read incrementally with a cap: an oversized value is refused with 413

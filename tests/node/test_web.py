@@ -1,4 +1,4 @@
-"""One real dynamo-node process: the /v1/kv contract (DESIGN.md §5), bad input, limits,
+"""One real dynamo-node process: the /v1/kv contract (docs/api.md), bad input, limits,
 health, metrics, and kill -9 durability."""
 
 from __future__ import annotations

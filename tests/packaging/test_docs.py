@@ -129,3 +129,56 @@ def test_kubernetes_quick_start_points_at_real_files() -> None:
     assert paths
     for path in paths:
         assert (ROOT / path.rstrip(".")).exists(), path
+
+
+#: text files a user or a contributor reads (code docstrings and comments included)
+_REFERENCE_SOURCES = ("*.md", "*.py", "*.yaml", "*.toml", "Dockerfile")
+#: `docs/<name>.md`, `tests/<module>.py`: a path into this repository named in text
+_REPO_PATH = re.compile(
+    r"(?<![\w./-])((?:docs|node|operator|crds|charts|tests|bench|examples)/[\w./-]*\w)"
+)
+
+
+def _reference_files() -> list[Path]:
+    skip = {".venv", ".git", "node_modules", "__pycache__", "results"}
+    found: list[Path] = []
+    for pattern in _REFERENCE_SOURCES:
+        for path in ROOT.rglob(pattern):
+            if not skip.intersection(path.relative_to(ROOT).parts):
+                found.append(path)
+    return sorted(set(found))
+
+
+def test_no_reference_points_outside_the_repository() -> None:
+    """The design lives in docs/ here: nothing cites a document that is not shipped."""
+    offenders = [
+        f"{path.relative_to(ROOT)}:{n}"
+        for path in _reference_files()
+        for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1)
+        if re.search(r"DESIGN(\.md| §)|\.\./shared/", line)
+    ]
+    assert offenders == []
+
+
+def test_every_repository_path_named_in_docs_and_code_exists() -> None:
+    missing = set()
+    for path in _reference_files():
+        for found in _REPO_PATH.findall(path.read_text(errors="replace")):
+            ref = found.rstrip(".")
+            if any(ch in ref for ch in "*{<") or (ROOT / ref).exists():
+                continue
+            if (ROOT / (ref.split(".", 1)[0] + ".py")).exists():  # module.attribute
+                continue
+            missing.add(f"{path.relative_to(ROOT)}: {ref}")
+    assert sorted(missing) == []
+
+
+def test_markdown_links_resolve() -> None:
+    missing = []
+    for doc in [ROOT / "README.md", *sorted(DOCS.glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", doc.read_text()):
+            if "://" in target or target.startswith("mailto:"):
+                continue
+            if not (doc.parent / target).exists():
+                missing.append(f"{doc.relative_to(ROOT)} -> {target}")
+    assert missing == []
