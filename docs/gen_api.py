@@ -5,7 +5,7 @@ commands from its argument parser, so the reference cannot drift from the code.
     python docs/gen_api.py            # print it
 
 tests/packaging/test_docs.py fails while docs/api.md differs from this script's output.
-Needs the `dynamo_node` package importable (`pip install -e .`, as the README sets up).
+Needs the `dynamo_node` package importable (`pip install -e .`; the README sets up more).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """`python -m dynamo_node` is `dynamo-node`."""
 
-from .main import main
+from .extras import node_main
 
-main()
+node_main()

@@ -41,6 +41,7 @@ from typing import Any
 
 from .config import PEER_PORT_OFFSET, NodeConfig
 from .errors import DynamoError
+from .extras import node_missing_message
 from .memory import default_row_cache_bytes, memory_limit
 
 START_TIMEOUT_S = 30.0
@@ -485,6 +486,9 @@ def _banner(cluster: LocalCluster) -> None:
 
 def run_local(args: argparse.Namespace) -> int:
     try:
+        problem = node_missing_message()
+        if problem:
+            raise LocalError(problem, EXIT_USAGE)
         node_args = validate_settings(args)
         cluster = LocalCluster(int(args.nodes), int(args.port), Path(args.data_dir), node_args)
     except LocalError as exc:

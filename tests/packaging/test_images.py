@@ -102,10 +102,12 @@ def test_multi_stage_with_a_pinned_slim_python_base(component: str) -> None:
 def test_builder_builds_the_wheel_and_the_final_stage_installs_it(component: str) -> None:
     steps = instructions(DOCKERFILES[component])
     runs = " ".join(values(steps, "RUN"))
-    assert "pip wheel --no-cache-dir --wheel-dir /wheels ." in runs
+    # each image installs its own extra of the distribution (the node's or the operator's
+    # dependencies), nothing else
+    assert f"pip wheel --no-cache-dir --wheel-dir /wheels '.[{component}]'" in runs
     final_runs = " ".join(values(final_stage(DOCKERFILES[component]), "RUN"))
     assert "--mount=type=bind,from=builder,source=/wheels" in final_runs
-    assert '--no-index --find-links=/wheels "dynamokv==${VERSION}"' in final_runs
+    assert f'--no-index --find-links=/wheels "dynamokv[{component}]==${{VERSION}}"' in final_runs
     for command in runs.split("&&"):
         if "pip " in command and (" install" in command or " wheel" in command):
             assert "--no-cache-dir" in command, command
