@@ -10,6 +10,18 @@ the differing objects, both ways; both sides end with the merge of both versions
 one exchange makes a pair of replicas identical. Traffic therefore grows with the
 number of differences, not with the data size (bench/antientropy.py measures it).
 
+Saved trees: a clean stop (`Node.stop`, once nothing can write any more) saves every
+built tree's leaves, key counts and stale segments, and the tombstone candidates of its
+partition, one meta record per partition, then a marker naming what they are true of
+(format, tree layout and shape, Q, node id and incarnation, a token the records carry),
+all in one atomic write, synced. The next start trusts them only if the marker is there
+and matches, and deletes the marker (synced) before anything can write: a crash after
+that start leaves no marker, and the start after it builds every tree from a scan in the
+background, as without saved trees. A loaded tree is current from the start: writes mark
+segments stale as ever, and the segments that were stale at the stop are stale again.
+A store write that fails (disk full) makes the trees of that run unsaveable; dropping a
+partition (`discard`) deletes its record.
+
 Tombstone GC: a key whose every sibling is a tombstone older than the grace period is
 purged only when every replica of its partition is up and holds the very same object
 (same digest); each replica then deletes it with a compare-and-delete.
@@ -32,10 +44,11 @@ from .codec import CodecError, all_tombstones, decode_object, digest
 from .errors import InvalidRequest, PeerError
 from .merkle import LAYOUT, MerkleTree, adiff_segments, diff_keys, item_digest
 from .ring import partition_of, partition_range
-from .storage import Family, hash_prefix, partition_keys
+from .storage import Family, Op, hash_prefix, partition_keys
 
 if TYPE_CHECKING:
     from .node import Node
+    from .storage import Storage
 
 log = logging.getLogger("dynamo.antientropy")
 
@@ -51,6 +64,17 @@ SHIP_BATCH = 500
 #: how often the tree builder looks for the ring of a node that has none yet
 PREPARE_POLL_S = 0.5
 GC_BATCH = 200
+#: saved trees (see the module docstring): the meta records, one per partition (the
+#: prefix and a 4-byte big-endian partition), and the marker that makes them trusted
+SAVED_TREE_PREFIX = b"merkle-tree:"
+SAVED_TREE_END = b"merkle-tree;"  # the first key past the records
+SAVED_TREES_MARKER = b"merkle-saved"
+#: the encoding of the marker and the records
+SAVED_FORMAT = 1
+
+
+def _record_key(p: int) -> bytes:
+    return SAVED_TREE_PREFIX + p.to_bytes(4, "big")
 
 
 @dataclass(slots=True)
@@ -116,6 +140,14 @@ class AntiEntropy:
         self._task: asyncio.Task[None] | None = None
         self._prepared: asyncio.Task[None] | None = None
         self._job_tasks: set[asyncio.Task[None]] = set()
+        #: a store write failed in this run: trees may hold what the store lost, unsaved
+        self._tainted = False
+        #: the trees were saved (the storage closes next): a write now voids the marker
+        self._sealed = False
+        #: partitions whose tree was loaded from a clean stop at this start
+        self.loaded: set[int] = set()
+        self._load_saved()
+        node.storage.flush_hooks.append(self._on_flush)
         node.replica.listeners.append(self._on_change)
         node.replica.tombstone_listeners.append(self._on_tombstone)
         node.rpc_handlers.update(
@@ -142,6 +174,8 @@ class AntiEntropy:
         versions, ~1 KiB each) cost a replica ~10 us per write; the next read of the
         tree rehashes its stale segments from their key ranges, once per segment
         however many writes it took."""
+        if self._sealed:
+            self._unseal()
         state = self.node.state
         if not self.trees or state is None:
             return  # no tree built yet
@@ -189,6 +223,154 @@ class AntiEntropy:
         self.trees.pop(p, None)
         self._stale.pop(p, None)
         self.tombstones.pop(p, None)
+        self.loaded.discard(p)
+        # only the marker of a clean stop makes a record trusted, and the next stop
+        # rewrites them all; deleted anyway, so that no record outlives its data
+        with contextlib.suppress(Exception):  # a failed store: nothing to trust next time
+            self.node.storage.write([(Family.META, _record_key(p), None)])
+            self.node.commit_log.issued()
+        if self._sealed:
+            self._unseal()
+
+    # --- saved trees -------------------------------------------------------------------
+    def _on_flush(self, exc: BaseException | None) -> None:
+        if exc is not None:
+            # the grouped writes were lost, but their segments may have been rehashed
+            # from the overlay meanwhile: this run's trees are not saved
+            self._tainted = True
+
+    def _unseal(self) -> None:
+        """A write after `save` (none is expected): the saved trees do not have it."""
+        log.warning("a write after the Merkle trees were saved: they are rebuilt next start")
+        self._sealed = False
+        with contextlib.suppress(Exception):
+            self.node.storage.write([(Family.META, SAVED_TREES_MARKER, None)])
+
+    def _expected_marker(self) -> dict[str, Any] | None:
+        state = self.node.state
+        if state is None:
+            return None
+        return {
+            "format": SAVED_FORMAT,
+            "layout": LAYOUT,
+            "segments": SEGMENTS,
+            "fanout": FANOUT,
+            "partitions": state.partitions,
+            "node": self.node.node_id,
+            "actor": self.node.actor,
+        }
+
+    def _load_saved(self) -> None:
+        """Load the trees a clean stop saved, if its marker matches this node and code;
+        called before the node can apply any write (from `Node.__init__`)."""
+        storage = self.node.storage
+        raw = storage.get(Family.META, SAVED_TREES_MARKER)
+        if raw is None:
+            return  # a first start, a crash, or a stop that could not save: built by scans
+        # the saved trees are true of the store as it is now, not after the next write:
+        # the marker goes first, durably, so that a crash of this run leaves none
+        storage.write([(Family.META, SAVED_TREES_MARKER, None)])
+        storage.sync_wal()
+        try:
+            trees, stale, tombstones = self._read_saved(storage, raw)
+        except (ValueError, TypeError, KeyError, IndexError, msgpack.UnpackException) as exc:
+            log.warning("saved Merkle trees unusable (%s): building them from the store", exc)
+            return
+        self.trees.update(trees)
+        self._stale.update(stale)
+        self.tombstones.update(tombstones)
+        self.loaded = set(trees)
+        log.info("loaded the saved Merkle trees of %d partition(s)", len(trees))
+
+    def _read_saved(
+        self, storage: Storage, raw: bytes
+    ) -> tuple[dict[int, MerkleTree], dict[int, set[int]], dict[int, set[bytes]]]:
+        """The saved trees, stale segments and tombstone candidates; raises ValueError if
+        anything does not match (all or none are used)."""
+        marker = msgpack.unpackb(raw, raw=False)
+        if not isinstance(marker, dict):
+            raise ValueError("marker is not a map")
+        expected = self._expected_marker()
+        if expected is None:
+            raise ValueError("no ring known at start")
+        for name, want in expected.items():
+            if marker.get(name) != want:
+                raise ValueError(f"saved {name} {marker.get(name)!r}, now {want!r}")
+        token = marker["token"]
+        partitions = expected["partitions"]
+        prefix_bits = partitions.bit_length() - 1
+        trees: dict[int, MerkleTree] = {}
+        stale: dict[int, set[int]] = {}
+        tombstones: dict[int, set[bytes]] = {}
+        for p in marker["saved"]:
+            if not isinstance(p, int) or not 0 <= p < partitions or p in trees:
+                raise ValueError(f"bad partition {p!r}")
+            record = storage.get(Family.META, _record_key(p))
+            if record is None:
+                raise ValueError(f"partition {p}: no record")
+            saved_token, saved_p, leaves, counts, segments, candidates = msgpack.unpackb(record)
+            if saved_token != token or saved_p != p:
+                raise ValueError(f"partition {p}: a record of another save")
+            trees[p] = MerkleTree.from_leaves(
+                leaves, counts, segments=SEGMENTS, fanout=FANOUT, prefix_bits=prefix_bits
+            )
+            if any(not isinstance(s, int) or not 0 <= s < SEGMENTS for s in segments):
+                raise ValueError(f"partition {p}: bad stale segment")
+            if segments:
+                stale[p] = set(segments)
+            known = {bytes(k) for k in candidates}
+            if any(partition_of(int.from_bytes(k[:8]), partitions) != p for k in known):
+                raise ValueError(f"partition {p}: a tombstone candidate of another partition")
+            tombstones[p] = known
+        return trees, stale, tombstones
+
+    def save(self) -> bool:
+        """Save every built tree (leaves, counts, stale segments) and tombstone candidate
+        set, then the marker that makes them trusted, in one atomic write, synced.
+
+        `Node.stop` calls it last, right before the storage closes, with no await in
+        between: nothing can write after it. Saves nothing (the next start builds the
+        trees by scans) if a store write failed in this run or the storage is failed."""
+        node, storage = self.node, self.node.storage
+        expected = self._expected_marker()
+        if self._tainted or expected is None:
+            return False
+        if storage.failure is not None or node.commit_log.failed is not None:
+            return False
+        try:
+            storage.flush()  # the grouped writes first (they are in the trees already)
+            if storage.failure is not None:
+                return False
+            saved = sorted(p for p in self.trees if p in self.tombstones)
+            token = uuid.uuid4().hex
+            ops: list[Op] = [
+                (Family.META, key, None)
+                for key, _ in storage.scan(Family.META, SAVED_TREE_PREFIX, SAVED_TREE_END)
+            ]
+            for p in saved:
+                leaves, counts = self.trees[p].leaf_state()
+                record = [
+                    token,
+                    p,
+                    leaves,
+                    counts,
+                    sorted(self._stale.get(p, ())),
+                    sorted(self.tombstones[p]),
+                ]
+                ops.append((Family.META, _record_key(p), msgpack.packb(record)))
+            marker = {**expected, "token": token, "saved": saved}
+            ops.append((Family.META, SAVED_TREES_MARKER, msgpack.packb(marker)))
+            storage.write(ops)  # one batch: the marker never lands without its records
+            storage.flush()
+            if storage.failure is not None:
+                return False
+            storage.sync_wal()
+        except Exception as exc:
+            log.warning("saving the Merkle trees failed (%s): built again next start", exc)
+            return False
+        self._sealed = True
+        log.info("saved the Merkle trees of %d partition(s)", len(saved))
+        return True
 
     def _scan(self, p: int) -> None:
         """Build p's tree and its tombstone candidates from one scan of the partition,

@@ -133,6 +133,38 @@ class MerkleTree:
         tree._dirty = [set(range(n)) for n in tree._sizes[:-1]]
         return tree
 
+    @classmethod
+    def from_leaves(
+        cls,
+        leaves: bytes,
+        counts: Sequence[int],
+        segments: int = DEFAULT_SEGMENTS,
+        fanout: int = DEFAULT_FANOUT,
+        prefix_bits: int = 0,
+    ) -> MerkleTree:
+        """The tree whose leaves are `leaves` (HASH_SIZE bytes each, in segment order) and
+        whose segments count `counts` keys: what `leaf_state` returned (a saved tree).
+        The inner nodes are derived, at the first read. Raises ValueError on leaves that
+        no store could produce (wrong sizes, a negative count, an empty non-zero leaf)."""
+        tree = cls(segments, fanout, prefix_bits)
+        if len(leaves) != segments * HASH_SIZE or len(counts) != segments:
+            raise ValueError(f"{len(leaves)} leaf bytes, {len(counts)} counts: not {segments}")
+        values = [
+            int.from_bytes(leaves[i : i + HASH_SIZE]) for i in range(0, len(leaves), HASH_SIZE)
+        ]
+        if any(type(c) is not int for c in counts) or min(counts) < 0:
+            raise ValueError("key counts must be non-negative integers")
+        if any(values[seg] for seg, count in enumerate(counts) if not count):
+            raise ValueError("a segment counting no key has a non-empty leaf")
+        tree._leaves, tree._counts = values, list(counts)
+        tree._dirty = [set(range(n)) for n in tree._sizes[:-1]]
+        return tree
+
+    def leaf_state(self) -> tuple[bytes, list[int]]:
+        """The leaves (HASH_SIZE bytes each, in segment order) and the key count of every
+        segment: all of a tree's state (`from_leaves` makes it again)."""
+        return b"".join(v.to_bytes(HASH_SIZE) for v in self._leaves), list(self._counts)
+
     # --- shape -------------------------------------------------------------------
     @property
     def segments(self) -> int:

@@ -323,6 +323,8 @@ class Node:
         await self._rpc.stop()
         await self.transport.close()
         await self.commit_log.stop()
+        # last, with no await before the close: nothing writes after the trees are saved
+        self.anti_entropy.save()
         self.storage.close()
 
     def holds_data(self) -> bool:

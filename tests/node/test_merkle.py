@@ -205,6 +205,35 @@ def test_removing_an_absent_key_is_caught_and_leaves_the_tree_unchanged() -> Non
     assert tree.segment_size(tree.segment_of(k)) == 1
 
 
+@settings(max_examples=40, deadline=None)
+@given(keys_st, shapes)
+def test_a_tree_made_from_its_leaves_is_the_same_tree(
+    items: dict[bytes, bytes], shape: tuple[int, int]
+) -> None:
+    """`from_leaves(leaf_state())`: a saved tree loads as the tree it was, every level."""
+    tree = MerkleTree.build(items.items(), *shape)
+    tree.root()
+    leaves, counts = tree.leaf_state()
+    loaded = MerkleTree.from_leaves(leaves, counts, *shape)
+    assert loaded.leaf_state() == (leaves, counts) and len(loaded) == len(items)
+    for level in range(tree.level_count):
+        indices = list(range(tree.level_size(level)))
+        assert loaded.hashes(level, indices) == tree.hashes(level, indices)
+
+
+def test_leaves_no_store_could_produce_are_refused() -> None:
+    tree = MerkleTree.build([(khash("a"), digest("a"))], 64, 4)
+    leaves, counts = tree.leaf_state()
+    with pytest.raises(ValueError):
+        MerkleTree.from_leaves(leaves, counts, 128, 4)  # another shape
+    with pytest.raises(ValueError):
+        MerkleTree.from_leaves(leaves[:-1], counts, 64, 4)
+    with pytest.raises(ValueError):  # a non-empty leaf counting no key
+        MerkleTree.from_leaves(leaves, [0] * 64, 64, 4)
+    with pytest.raises(ValueError):
+        MerkleTree.from_leaves(leaves, [-1, *counts[1:]], 64, 4)
+
+
 @settings(max_examples=60, deadline=None)
 @given(keys_st, keys_st, shapes)
 def test_set_segment_gives_the_tree_of_the_new_contents(
