@@ -17,12 +17,13 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+
+from dynamo_node.client import ConnectionFailed, DynamoClient
 
 T = TypeVar("T")
 
@@ -90,12 +91,25 @@ def http(
     timeout: float = 10.0,
     context: ssl.SSLContext | None = None,
 ) -> tuple[int, dict[str, str], bytes]:
-    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout, context=context) as resp:
-            return resp.status, dict(resp.headers), resp.read()
-    except urllib.error.HTTPError as err:
-        return err.code, dict(err.headers), err.read()
+    """One raw request (any status is returned, not raised), over the client's
+    `DynamoClient.request`; a request lost on the wire raises its OSError. Sends what
+    urllib did: one request per connection, a form Content-Type for a bare body."""
+    parts = urllib.parse.urlsplit(url)
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    sent = dict(headers or {})
+    if body is not None and not any(name.lower() == "content-type" for name in sent):
+        sent["Content-Type"] = "application/x-www-form-urlencoded"
+    if not any(name.lower() == "connection" for name in sent):
+        sent["Connection"] = "close"
+    tls = context if parts.scheme == "https" else None
+    with DynamoClient(f"{parts.scheme}://{parts.netloc}", timeout=timeout, tls_context=tls) as c:
+        try:
+            resp = c.request(method, path, body, sent)
+        except ConnectionFailed as exc:
+            if isinstance(exc.reason, OSError):
+                raise exc.reason from None
+            raise OSError(str(exc)) from None
+    return resp.status, dict(resp.headers), resp.body
 
 
 @dataclass
@@ -391,7 +405,7 @@ def unreadable(c: Cluster, node: NodeProc, keys: list[str], r: str = "all") -> l
 
 
 def quote(key: str) -> str:
-    return urllib.request.quote(key, safe="")
+    return urllib.parse.quote(key, safe="")
 
 
 @contextlib.contextmanager

@@ -1,7 +1,11 @@
-"""A typed, synchronous Python client for one dynamokv node (stdlib only).
+"""The typed Python client of one dynamokv node (stdlib only): a sync and an async face.
 
 `DynamoClient` speaks the node's HTTP API (docs/api.md) over one keep-alive
-`http.client` connection; docs/client.md is the guide. A connection the node closed
+`http.client` connection; `AsyncDynamoClient` has the same methods as coroutines, on
+asyncio streams. Both share one request builder and one reading of answers and errors
+(`_ClientCore`), and the same retry rule; `request()` on either is the raw exchange
+(no error mapping) the rest of the code base uses to talk to nodes. docs/client.md is
+the guide. A connection the node closed
 while it sat idle is noticed before it is reused and reopened. A request whose
 connection is lost after it was sent is retried only when it is idempotent (GET:
 reads, status, ring, plan, job): a write may have been stored, so it fails with
@@ -37,17 +41,19 @@ lost after the write was sent): read the key before retrying.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import contextlib
 import http.client
 import json
 import math
 import select
 import ssl
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, Generic, TypeVar
 from urllib.parse import quote, urlencode
 
 DEFAULT_NODE: Final = "127.0.0.1:7070"
@@ -145,6 +151,8 @@ class ConnectionFailed(ClientError):
 
     def __init__(self, message: str, *, maybe_applied: bool = False) -> None:
         super().__init__(NO_STATUS, "connection_failed", message, maybe_applied=maybe_applied)
+        #: the underlying error (an OSError, ssl.SSLError...), when there is one
+        self.reason: BaseException | None = None
 
 
 class NotDynamoNode(ClientError):
@@ -343,12 +351,55 @@ def _parse_siblings(key: str, body: bytes) -> list[Sibling]:
         ) from None
 
 
+class Headers(Mapping[str, str]):
+    """Response header fields, looked up case-insensitively; a repeated field gives its
+    first value (as `http.client` does), iteration yields each name once, as sent."""
+
+    def __init__(self, fields: Iterable[tuple[str, str]] = ()) -> None:
+        self._fields: dict[str, tuple[str, str]] = {}
+        for name, value in fields:
+            self._fields.setdefault(name.lower(), (name, value))
+
+    def __getitem__(self, name: str) -> str:
+        return self._fields[name.lower()][1]
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name.lower() in self._fields
+
+    def __iter__(self) -> Iterator[str]:
+        return (name for name, _ in self._fields.values())
+
+    def __len__(self) -> int:
+        return len(self._fields)
+
+    def __repr__(self) -> str:
+        return f"Headers({dict(self)!r})"
+
+
 @dataclass(frozen=True)
-class _Response:
+class Response:
+    """One raw answer of a node (or of whatever answered): nothing interpreted."""
+
     status: int
     reason: str
-    headers: http.client.HTTPMessage
+    headers: Headers
     body: bytes
+
+
+_Response = Response
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class _Call(Generic[T]):
+    """One API call, built once for both faces: the request, and how its answer reads."""
+
+    method: str
+    path: str
+    body: bytes | None
+    headers: dict[str, str]
+    parse: Callable[[Response], T]
 
 
 class _Lost(Exception):
@@ -360,16 +411,21 @@ class _Lost(Exception):
         self.sent = sent
 
 
-# --- the client ---------------------------------------------------------------------------
-class DynamoClient:
-    """A client of one node (any node coordinates any request).
+def _may_retry(method: str, lost: _Lost, was_reused: bool) -> bool:
+    """Send once more on a fresh connection? Only a request that changes nothing, lost
+    on a kept-alive connection the node dropped (a write is never sent twice)."""
+    return (
+        method in IDEMPOTENT_METHODS
+        and lost.sent
+        and was_reused
+        and isinstance(lost.error, ConnectionError | http.client.HTTPException)
+    )
 
-    `node` is "HOST:PORT" (or "https://HOST:PORT" for a TLS node whose certificate the
-    system trusts); `token` is sent as a bearer token; `timeout` (seconds) bounds
-    connecting and each read from the socket; `tls_ca`, a CA file: talk HTTPS and
-    verify the node against it. A bad argument is a ValueError (TypeError for a wrong
-    type) raised here, before any connection.
-    """
+
+# --- what both faces share: arguments, request building, answer reading ---------------
+class _ClientCore:
+    """Arguments, request building and answer reading, shared by `DynamoClient` (sync)
+    and `AsyncDynamoClient`; the faces only move bytes."""
 
     def __init__(
         self,
@@ -377,6 +433,7 @@ class DynamoClient:
         token: str | None = None,
         timeout: float = DEFAULT_TIMEOUT_S,
         tls_ca: str | None = None,
+        tls_context: ssl.SSLContext | None = None,
     ) -> None:
         _check_text("node", node)
         self.node = node
@@ -394,7 +451,11 @@ class DynamoClient:
         #: a CA file: talk HTTPS and verify the node against it
         self.tls_ca = tls_ca
         self._tls: ssl.SSLContext | None = None
-        if tls_ca:
+        if tls_context is not None:
+            if not isinstance(tls_context, ssl.SSLContext):
+                raise TypeError("tls_context must be an ssl.SSLContext")
+            self._tls = tls_context  # e.g. with a client certificate (node to node)
+        elif tls_ca:
             _check_text("tls_ca", tls_ca)
             try:
                 self._tls = ssl.create_default_context(cafile=tls_ca)
@@ -405,12 +466,216 @@ class DynamoClient:
                 raise ValueError(f"CA file {tls_ca} is not usable: {reason}") from None
         elif node.strip().startswith(HTTPS_SCHEME):
             self._tls = ssl.create_default_context()  # the system's trusted CAs
-        self._conn: http.client.HTTPConnection | None = None
-        self._reused = False  # has the open connection already served a request?
 
     @property
     def uses_tls(self) -> bool:
         return self._tls is not None
+
+    @property
+    def tls_context(self) -> ssl.SSLContext | None:
+        """The SSL context the node is talked to with (None: plain HTTP)."""
+        return self._tls
+
+    def _with_auth(self, headers: Mapping[str, str] | None) -> dict[str, str]:
+        sent = dict(headers or {})
+        if self.token:
+            sent["Authorization"] = f"Bearer {self.token}"
+        return sent
+
+    def _failure(
+        self, method: str, lost: _Lost, *, fresh: bool, timeout: float | None = None
+    ) -> ConnectionFailed:
+        """The ConnectionFailed for a request lost on the wire."""
+        error = lost.error
+        maybe_applied = lost.sent and method not in IDEMPOTENT_METHODS
+        suffix = f"; {MAYBE_APPLIED}" if maybe_applied else ""
+        if isinstance(error, ssl.SSLCertVerificationError):
+            reason = error.verify_message or error.reason or str(error)
+            failed = ConnectionFailed(
+                f"the TLS certificate of node {self.node} could not be verified ({reason}): "
+                "give the cluster's CA file with --tls-ca FILE or DYNAMO_TLS_CA "
+                "(DynamoClient(tls_ca=...))"
+            )
+        elif isinstance(error, ssl.SSLError):
+            hint = (
+                "; does the node serve plain HTTP? then drop https:// and the CA"
+                if "WRONG_VERSION_NUMBER" in str(error) or "wrong version" in str(error)
+                else ""
+            )
+            failed = ConnectionFailed(f"TLS with node {self.node} failed: {error}{hint}")
+        elif isinstance(error, TimeoutError):
+            failed = ConnectionFailed(
+                f"node {self.node} did not answer within {timeout or self.timeout:g}s{suffix}",
+                maybe_applied=maybe_applied,
+            )
+        elif not lost.sent:
+            failed = ConnectionFailed(f"cannot reach node {self.node}: {error}")
+        else:
+            hint = ""
+            if fresh and not self.uses_tls:
+                hint = " (if the node uses TLS: --node https://HOST:PORT, --tls-ca FILE)"
+            failed = ConnectionFailed(
+                f"connection to node {self.node} lost: "
+                f"{error or type(error).__name__}{hint}{suffix}",
+                maybe_applied=maybe_applied,
+            )
+        failed.reason = error
+        return failed
+
+    def _not_dynamo(self, resp: Response, why: str) -> NotDynamoNode:
+        ctype = resp.headers.get("Content-Type", "no content type")
+        snippet = resp.body[:ERROR_SNIPPET].decode("utf-8", "replace").strip()
+        snippet = " ".join(snippet.split())
+        shown = f": {snippet!r}" if snippet else ""
+        return NotDynamoNode(
+            resp.status,
+            f"{self.host}:{self.port} does not look like a dynamokv node: {why} "
+            f"(HTTP {resp.status} {resp.reason}, {ctype}){shown}",
+        )
+
+    def _error(self, resp: Response) -> ClientError:
+        """The error for an unsuccessful answer; one without the node's error body
+        (and not a gateway's 5xx) comes from something that is not a dynamokv node."""
+        if resp.status < HTTP_INTERNAL_ERROR and not is_dynamo_error(resp.body):
+            return self._not_dynamo(resp, "no dynamokv error body")
+        return _error_from(resp.status, resp.body, resp.reason)
+
+    # --- the calls -------------------------------------------------------------------------
+    def _json_call(self, method: str, path: str, payload: Json | None = None) -> _Call[Json]:
+        body = json.dumps(payload).encode() if payload is not None else None
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+
+        def parse(resp: Response) -> Json:
+            if resp.status >= HTTP_MULTIPLE_CHOICES:
+                raise self._error(resp)
+            try:
+                parsed = json.loads(resp.body)
+            except (ValueError, UnicodeDecodeError):
+                raise self._not_dynamo(resp, f"{path}: not JSON") from None
+            if not isinstance(parsed, dict):
+                raise self._not_dynamo(resp, f"{path}: not a JSON object")
+            return parsed
+
+        return _Call(method, ADMIN_PATH + path, body, headers, parse)
+
+    def _get_call(self, key: str, r: Quorum | None, timeout_ms: int | None) -> _Call[GetResult]:
+        _check_quorum("r", r)
+        path = kv_path(key) + _query(r=r, timeout_ms=timeout_ms)
+
+        def parse(resp: Response) -> GetResult:
+            context = resp.headers.get(CONTEXT_HEADER)
+            if resp.status == HTTP_OK:
+                if context is None:
+                    raise self._not_dynamo(resp, f"no {CONTEXT_HEADER} header")
+                content_type = resp.headers.get("Content-Type", DEFAULT_CONTENT_TYPE)
+                return GetResult(key, [Sibling(resp.body, content_type)], context)
+            if resp.status == HTTP_MULTIPLE_CHOICES:
+                if context is None:
+                    raise self._not_dynamo(resp, f"no {CONTEXT_HEADER} header")
+                return GetResult(key, _parse_siblings(key, resp.body), context)
+            if resp.status == HTTP_NOT_FOUND and is_dynamo_error(resp.body):
+                return GetResult(key, [], context)
+            raise self._error(resp)
+
+        return _Call("GET", path, None, {}, parse)
+
+    def _put_call(
+        self,
+        key: str,
+        value: bytes | str,
+        context: str | None,
+        content_type: str,
+        w: Quorum | None,
+        timeout_ms: int | None,
+    ) -> _Call[str]:
+        path = kv_path(key)
+        data = _check_value(value)
+        context = _check_context(context)
+        headers = {
+            "Content-Type": _check_header("content_type", _check_text("content_type", content_type))
+        }
+        if context:
+            headers[CONTEXT_HEADER] = context
+        _check_quorum("w", w)
+
+        def parse(resp: Response) -> str:
+            if resp.status >= HTTP_MULTIPLE_CHOICES:
+                raise self._error(resp)
+            new_context = resp.headers.get(CONTEXT_HEADER)
+            if new_context is None:
+                raise self._not_dynamo(resp, f"no {CONTEXT_HEADER} header")
+            return new_context
+
+        return _Call("PUT", path + _query(w=w, timeout_ms=timeout_ms), data, headers, parse)
+
+    def _delete_call(
+        self, key: str, context: str | None, w: Quorum | None, timeout_ms: int | None
+    ) -> _Call[None]:
+        path = kv_path(key)
+        context = _check_context(context)
+        _check_quorum("w", w)
+        headers = {CONTEXT_HEADER: context} if context else {}
+
+        def parse(resp: Response) -> None:
+            if resp.status >= HTTP_MULTIPLE_CHOICES:
+                raise self._error(resp)
+            if CONTEXT_HEADER not in resp.headers:
+                raise self._not_dynamo(resp, f"no {CONTEXT_HEADER} header")
+
+        return _Call("DELETE", path + _query(w=w, timeout_ms=timeout_ms), None, headers, parse)
+
+    def _anti_entropy_call(self) -> _Call[str]:
+        call = self._json_call("POST", "anti-entropy")
+
+        def parse(resp: Response) -> str:
+            job = call.parse(resp).get("job")
+            if not isinstance(job, str):
+                raise ClientError(HTTP_OK, "bad_response", "anti-entropy: no job id in the answer")
+            return job
+
+        return _Call(call.method, call.path, call.body, call.headers, parse)
+
+    def _job_call(self, job_id: str) -> _Call[Json]:
+        if not _check_text("job_id", job_id):
+            raise ValueError("job id must not be empty")
+        return self._json_call("GET", "jobs/" + quote(job_id, safe=""))
+
+    @staticmethod
+    def _resolved(
+        result: GetResult,
+        merge: Callable[[list[Sibling]], bytes | str],
+        content_type: str | None,
+    ) -> tuple[bytes | str, str]:
+        merged = merge(list(result.siblings))
+        if content_type is None:
+            types = {s.content_type for s in result.siblings}
+            content_type = types.pop() if len(types) == 1 else DEFAULT_CONTENT_TYPE
+        return merged, content_type
+
+
+# --- the sync face ------------------------------------------------------------------------
+class DynamoClient(_ClientCore):
+    """A client of one node (any node coordinates any request).
+
+    `node` is "HOST:PORT" (or "https://HOST:PORT" for a TLS node whose certificate the
+    system trusts); `token` is sent as a bearer token; `timeout` (seconds) bounds
+    connecting and each read from the socket; `tls_ca`, a CA file: talk HTTPS and
+    verify the node against it (or `tls_context`, an `ssl.SSLContext` to use as is). A
+    bad argument is a ValueError (TypeError for a wrong type) raised here, before any
+    connection.
+    """
+
+    def __init__(
+        self,
+        node: str = DEFAULT_NODE,
+        token: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        tls_ca: str | None = None,
+        tls_context: ssl.SSLContext | None = None,
+    ) -> None:
+        super().__init__(node, token, timeout, tls_ca, tls_context)
+        self._conn: http.client.HTTPConnection | None = None
+        self._reused = False  # has the open connection already served a request?
 
     # --- connection ---------------------------------------------------------------------
     def close(self) -> None:
@@ -457,7 +722,7 @@ class DynamoClient:
 
     def _exchange(
         self, method: str, path: str, body: bytes | None, headers: Mapping[str, str]
-    ) -> _Response:
+    ) -> Response:
         """One request on the wire; failures are `_Lost`, saying whether any of the
         request may have been written."""
         conn = self._connection()
@@ -478,121 +743,39 @@ class DynamoClient:
             self.close()
         else:
             self._reused = True
-        return _Response(resp.status, resp.reason, resp.headers, data)
+        return Response(resp.status, resp.reason, Headers(resp.getheaders()), data)
 
-    def _request(
+    def request(
         self,
         method: str,
         path: str,
         body: bytes | None = None,
         headers: Mapping[str, str] | None = None,
-    ) -> _Response:
-        sent = dict(headers or {})
-        if self.token:
-            sent["Authorization"] = f"Bearer {self.token}"
+    ) -> Response:
+        """Send one request (the bearer token added) and return the raw answer, whatever
+        its status: no error mapping. A request lost on the wire is a ConnectionFailed;
+        only a GET/HEAD lost on a kept-alive connection is sent once more."""
+        sent = self._with_auth(headers)
         was_reused = self._conn is not None and self._reused
         try:
             return self._exchange(method, path, body, sent)
         except _Lost as lost:
-            retry = (
-                method in IDEMPOTENT_METHODS
-                and lost.sent
-                and was_reused
-                and isinstance(lost.error, ConnectionError | http.client.HTTPException)
-            )
-            if not retry:
+            if not _may_retry(method, lost, was_reused):
                 raise self._failure(method, lost, fresh=not was_reused) from None
-        # An idempotent request on a kept-alive connection the node dropped: once more on
-        # a fresh connection (a write is never sent twice: see _failure).
         try:
             return self._exchange(method, path, body, sent)
         except _Lost as lost:
             raise self._failure(method, lost, fresh=True) from None
 
-    def _failure(self, method: str, lost: _Lost, *, fresh: bool) -> ClientError:
-        """The ConnectionFailed for a request lost on the wire."""
-        error = lost.error
-        maybe_applied = lost.sent and method not in IDEMPOTENT_METHODS
-        suffix = f"; {MAYBE_APPLIED}" if maybe_applied else ""
-        if isinstance(error, ssl.SSLCertVerificationError):
-            reason = error.verify_message or error.reason or str(error)
-            return ConnectionFailed(
-                f"the TLS certificate of node {self.node} could not be verified ({reason}): "
-                "give the cluster's CA file with --tls-ca FILE or DYNAMO_TLS_CA "
-                "(DynamoClient(tls_ca=...))"
-            )
-        if isinstance(error, ssl.SSLError):
-            hint = (
-                "; does the node serve plain HTTP? then drop https:// and the CA"
-                if "WRONG_VERSION_NUMBER" in str(error) or "wrong version" in str(error)
-                else ""
-            )
-            return ConnectionFailed(f"TLS with node {self.node} failed: {error}{hint}")
-        if isinstance(error, TimeoutError):
-            return ConnectionFailed(
-                f"node {self.node} did not answer within {self.timeout:g}s{suffix}",
-                maybe_applied=maybe_applied,
-            )
-        if not lost.sent:
-            return ConnectionFailed(f"cannot reach node {self.node}: {error}")
-        hint = ""
-        if fresh and not self.uses_tls:
-            hint = " (if the node uses TLS: --node https://HOST:PORT, --tls-ca FILE)"
-        return ConnectionFailed(
-            f"connection to node {self.node} lost: {error or type(error).__name__}{hint}{suffix}",
-            maybe_applied=maybe_applied,
-        )
+    _request = request
 
-    def _not_dynamo(self, resp: _Response, why: str) -> NotDynamoNode:
-        ctype = resp.headers.get("Content-Type", "no content type")
-        snippet = resp.body[:ERROR_SNIPPET].decode("utf-8", "replace").strip()
-        snippet = " ".join(snippet.split())
-        shown = f": {snippet!r}" if snippet else ""
-        return NotDynamoNode(
-            resp.status,
-            f"{self.host}:{self.port} does not look like a dynamokv node: {why} "
-            f"(HTTP {resp.status} {resp.reason}, {ctype}){shown}",
-        )
-
-    def _error(self, resp: _Response) -> ClientError:
-        """The error for an unsuccessful answer; one without the node's error body
-        (and not a gateway's 5xx) comes from something that is not a dynamokv node."""
-        if resp.status < HTTP_INTERNAL_ERROR and not is_dynamo_error(resp.body):
-            return self._not_dynamo(resp, "no dynamokv error body")
-        return _error_from(resp.status, resp.body, resp.reason)
-
-    def _json(self, method: str, path: str, payload: Json | None = None) -> Json:
-        body = json.dumps(payload).encode() if payload is not None else None
-        headers = {"Content-Type": "application/json"} if body is not None else {}
-        resp = self._request(method, ADMIN_PATH + path, body, headers)
-        if resp.status >= HTTP_MULTIPLE_CHOICES:
-            raise self._error(resp)
-        try:
-            parsed = json.loads(resp.body)
-        except (ValueError, UnicodeDecodeError):
-            raise self._not_dynamo(resp, f"{path}: not JSON") from None
-        if not isinstance(parsed, dict):
-            raise self._not_dynamo(resp, f"{path}: not a JSON object")
-        return parsed
+    def _run(self, call: _Call[T]) -> T:
+        return call.parse(self.request(call.method, call.path, call.body, call.headers))
 
     # --- key-value -----------------------------------------------------------------------
     def get(self, key: str, *, r: Quorum | None = None, timeout_ms: int | None = None) -> GetResult:
         """Every visible sibling of `key` plus its context (found is False when absent)."""
-        _check_quorum("r", r)
-        resp = self._request("GET", kv_path(key) + _query(r=r, timeout_ms=timeout_ms))
-        context = resp.headers.get(CONTEXT_HEADER)
-        if resp.status == HTTP_OK:
-            if context is None:
-                raise self._not_dynamo(resp, f"no {CONTEXT_HEADER} header")
-            content_type = resp.headers.get("Content-Type", DEFAULT_CONTENT_TYPE)
-            return GetResult(key, [Sibling(resp.body, content_type)], context)
-        if resp.status == HTTP_MULTIPLE_CHOICES:
-            if context is None:
-                raise self._not_dynamo(resp, f"no {CONTEXT_HEADER} header")
-            return GetResult(key, _parse_siblings(key, resp.body), context)
-        if resp.status == HTTP_NOT_FOUND and is_dynamo_error(resp.body):
-            return GetResult(key, [], context)
-        raise self._error(resp)
+        return self._run(self._get_call(key, r, timeout_ms))
 
     def put(
         self,
@@ -610,22 +793,7 @@ class DynamoClient:
         A failure after the write was sent (a 503, a lost connection) may still have
         stored it on some replicas: `error.maybe_applied` is True then; read the key
         before retrying. A lost write is never resent by the client."""
-        path = kv_path(key)
-        data = _check_value(value)
-        context = _check_context(context)
-        headers = {
-            "Content-Type": _check_header("content_type", _check_text("content_type", content_type))
-        }
-        if context:
-            headers[CONTEXT_HEADER] = context
-        _check_quorum("w", w)
-        resp = self._request("PUT", path + _query(w=w, timeout_ms=timeout_ms), data, headers)
-        if resp.status >= HTTP_MULTIPLE_CHOICES:
-            raise self._error(resp)
-        new_context = resp.headers.get(CONTEXT_HEADER)
-        if new_context is None:
-            raise self._not_dynamo(resp, f"no {CONTEXT_HEADER} header")
-        return new_context
+        return self._run(self._put_call(key, value, context, content_type, w, timeout_ms))
 
     def delete(
         self,
@@ -640,15 +808,7 @@ class DynamoClient:
         Without a context the tombstone supersedes nothing: pass the context of a
         `get` to delete what was read. Failures: as for `put` (`maybe_applied`).
         """
-        path = kv_path(key)
-        context = _check_context(context)
-        _check_quorum("w", w)
-        headers = {CONTEXT_HEADER: context} if context else {}
-        resp = self._request("DELETE", path + _query(w=w, timeout_ms=timeout_ms), None, headers)
-        if resp.status >= HTTP_MULTIPLE_CHOICES:
-            raise self._error(resp)
-        if CONTEXT_HEADER not in resp.headers:
-            raise self._not_dynamo(resp, f"no {CONTEXT_HEADER} header")
+        self._run(self._delete_call(key, context, w, timeout_ms))
 
     def resolve(
         self,
@@ -667,63 +827,363 @@ class DynamoClient:
         """
         _check_quorum("w", w)
         result = self.get(key, r=r)
-        merged = merge(list(result.siblings))
-        if content_type is None:
-            types = {s.content_type for s in result.siblings}
-            content_type = types.pop() if len(types) == 1 else DEFAULT_CONTENT_TYPE
+        merged, content_type = self._resolved(result, merge, content_type)
         return self.put(key, merged, result.context, content_type, w=w)
 
     # --- admin ----------------------------------------------------------------------------
     def status(self) -> Json:
-        return self._json("GET", "status")
+        return self._run(self._json_call("GET", "status"))
 
     def ring(self) -> Json:
-        return self._json("GET", "ring")
+        return self._run(self._json_call("GET", "ring"))
 
     def join(self, address: str) -> Json:
         """Stage the running node at `address` joining the ring (commit to apply)."""
-        return self._json("POST", "join", {"address": address})
+        return self._run(self._json_call("POST", "join", {"address": address}))
 
     def leave(self, node: str, *, force: bool = False) -> Json:
         """Stage node id `node` leaving the ring (commit to apply).
 
         The node refuses (409, code `too_few_members`) a leave that would leave fewer
         than N members, unless `force`: then keys keep fewer than N replicas."""
-        return self._json("POST", "leave", _member_change(node, force))
+        return self._run(self._json_call("POST", "leave", _member_change(node, force)))
 
     def force_remove(self, node: str, *, force: bool = False) -> Json:
         """Stage node id `node`, gone for good, leaving without its data (commit to
         apply): its partitions are rebuilt from the surviving replicas. `force`: as
         for `leave`."""
-        return self._json("POST", "force-remove", _member_change(node, force))
+        return self._run(self._json_call("POST", "force-remove", _member_change(node, force)))
 
     def replace(self, old: str, new: str) -> Json:
         """Stage `new` (HOST:PORT of a running node, or a member's id) taking the place
         of `old`, gone for good (commit to apply)."""
-        return self._json("POST", "replace", {"old": old, "new": new})
+        return self._run(self._json_call("POST", "replace", {"old": old, "new": new}))
 
     def plan(self) -> Json:
-        return self._json("GET", "plan")
+        return self._run(self._json_call("GET", "plan"))
 
     def clear_plan(self) -> Json:
-        return self._json("DELETE", "plan")
+        return self._run(self._json_call("DELETE", "plan"))
 
     def commit(self) -> Json:
-        return self._json("POST", "commit")
+        return self._run(self._json_call("POST", "commit"))
 
     def anti_entropy(self) -> str:
         """Start a full anti-entropy pass; returns its job id."""
-        answer = self._json("POST", "anti-entropy")
-        job = answer.get("job")
-        if not isinstance(job, str):
-            raise ClientError(HTTP_OK, "bad_response", "anti-entropy: no job id in the answer")
-        return job
+        return self._run(self._anti_entropy_call())
 
     def job(self, job_id: str) -> Json:
         """An admin job (e.g. an anti-entropy pass): its state and progress."""
-        if not _check_text("job_id", job_id):
-            raise ValueError("job id must not be empty")
-        return self._json("GET", "jobs/" + quote(job_id, safe=""))
+        return self._run(self._job_call(job_id))
+
+
+# --- the async face (asyncio streams) -----------------------------------------------------
+class _BadAnswer(ConnectionError):
+    """The bytes that came back are not an HTTP/1.1 answer (or stopped mid-answer)."""
+
+
+@dataclass
+class _Stream:
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+
+    def usable(self) -> bool:
+        """Still open, and nothing arrived while it sat idle (EOF included)."""
+        return not (self.reader.at_eof() or self.writer.is_closing())
+
+    def abort(self) -> None:
+        transport = self.writer.transport
+        transport.abort()
+
+
+def _request_head(
+    method: str, path: str, host: str, body: bytes | None, headers: Mapping[str, str]
+) -> bytes:
+    if not method.isalpha() or not method.isascii():
+        raise ValueError(f"bad HTTP method {method!r}")
+    if not path.startswith("/") or not path.isascii() or not path.isprintable() or " " in path:
+        raise ValueError(f"the request path must be printable ASCII without spaces: {path!r}")
+    names = {name.lower() for name in headers}
+    lines = [f"{method} {path} HTTP/1.1"]
+    if "host" not in names:  # as http.client: the caller's own Host and length win
+        lines.append(f"Host: {host}")
+    for name, value in headers.items():
+        if not name or not all(c.isalnum() or c in "!#$%&'*+-.^_`|~" for c in name):
+            raise ValueError(f"bad header name {name!r}")
+        if "\r" in value or "\n" in value or "\0" in value:
+            raise ValueError(f"bad value of header {name}: {value!r}")
+        lines.append(f"{name}: {value}")
+    if "content-length" not in names and (body is not None or method in ("POST", "PUT", "PATCH")):
+        lines.append(f"Content-Length: {len(body or b'')}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+async def _read_line(reader: asyncio.StreamReader) -> bytes:
+    try:
+        line = await reader.readuntil(b"\n")
+    except asyncio.IncompleteReadError:
+        raise _BadAnswer("the connection closed before the answer was complete") from None
+    except asyncio.LimitOverrunError:
+        raise _BadAnswer("an answer line is too long") from None
+    return line.rstrip(b"\r\n")
+
+
+async def _read_exactly(reader: asyncio.StreamReader, size: int) -> bytes:
+    try:
+        return await reader.readexactly(size)
+    except asyncio.IncompleteReadError:
+        raise _BadAnswer("the connection closed before the answer was complete") from None
+
+
+async def _read_response(reader: asyncio.StreamReader, method: str) -> tuple[Response, bool]:
+    """One HTTP/1.x answer (Content-Length, chunked, or up to EOF) and whether the
+    connection may carry another request."""
+    while True:
+        line = await _read_line(reader)
+        version, _, rest = line.decode("latin-1").partition(" ")
+        code, _, reason = rest.partition(" ")
+        if not version.startswith("HTTP/1.") or len(code) != 3 or not code.isdigit():
+            raise _BadAnswer(f"not an HTTP answer: {line[:80]!r}")
+        status = int(code)
+        fields: list[tuple[str, str]] = []
+        while header := await _read_line(reader):
+            name, colon, value = header.decode("latin-1").partition(":")
+            if not colon:
+                raise _BadAnswer(f"bad header line {header[:80]!r}")
+            fields.append((name.strip(), value.strip()))
+        if not 100 <= status < 200:  # 1xx: an interim answer, the real one follows
+            break
+    headers = Headers(fields)
+    tokens = {t.strip().lower() for t in headers.get("Connection", "").split(",")}
+    keep = "keep-alive" in tokens if version == "HTTP/1.0" else "close" not in tokens
+    if method == "HEAD" or status in (HTTP_NO_CONTENT, 304):
+        body = b""
+    elif "chunked" in headers.get("Transfer-Encoding", "").lower():
+        parts: list[bytes] = []
+        while True:
+            size_text = (await _read_line(reader)).split(b";")[0].strip()
+            try:
+                size = int(size_text, 16)
+            except ValueError:
+                raise _BadAnswer(f"bad chunk size {size_text[:20]!r}") from None
+            if size == 0:
+                while await _read_line(reader):  # trailer fields, ignored
+                    pass
+                break
+            parts.append(await _read_exactly(reader, size))
+            await _read_exactly(reader, 2)  # the CRLF after the chunk
+        body = b"".join(parts)
+    elif "Content-Length" in headers:
+        length = headers["Content-Length"]
+        if not length.isdigit():
+            raise _BadAnswer(f"bad Content-Length {length!r}")
+        body = await _read_exactly(reader, int(length))
+    else:  # delimited by the end of the connection
+        body = await reader.read()
+        keep = False
+    return Response(status, reason, headers, body), keep
+
+
+class AsyncDynamoClient(_ClientCore):
+    """The async face of `DynamoClient`: the same arguments, methods and errors, as
+    coroutines on asyncio streams (standard library only).
+
+    `timeout` bounds each call as a whole (connecting, sending, the answer), and a retried
+    read's second attempt too; `request(..., timeout=...)` overrides it for one call.
+    Kept-alive connections are pooled (at most `max_idle` idle ones), so concurrent
+    calls are safe: each takes its own connection. Close with `await client.close()`
+    or `async with`.
+    """
+
+    def __init__(
+        self,
+        node: str = DEFAULT_NODE,
+        token: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        tls_ca: str | None = None,
+        tls_context: ssl.SSLContext | None = None,
+        *,
+        max_idle: int = 4,
+    ) -> None:
+        super().__init__(node, token, timeout, tls_ca, tls_context)
+        self._idle: list[_Stream] = []
+        self._max_idle = max_idle
+        self._host_header = (
+            f"[{self.host}]:{self.port}" if ":" in self.host else (f"{self.host}:{self.port}")
+        )
+
+    async def close(self) -> None:
+        idle, self._idle = self._idle, []
+        for stream in idle:
+            stream.writer.close()
+        for stream in idle:
+            with contextlib.suppress(Exception):
+                await stream.writer.wait_closed()
+
+    async def __aenter__(self) -> AsyncDynamoClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def _take(self) -> _Stream | None:
+        while self._idle:
+            stream = self._idle.pop()
+            if stream.usable():
+                return stream
+            stream.abort()  # the node closed it while idle: never send on it
+        return None
+
+    async def _exchange(
+        self,
+        stream: _Stream | None,
+        head: bytes,
+        body: bytes | None,
+        method: str,
+        deadline: float,
+    ) -> Response:
+        sent = False
+        done = False
+        try:
+            async with asyncio.timeout_at(deadline):
+                if stream is None:
+                    reader, writer = await asyncio.open_connection(
+                        self.host,
+                        self.port,
+                        ssl=self._tls,
+                        server_hostname=self.host if self._tls is not None else None,
+                    )
+                    stream = _Stream(reader, writer)
+                sent = True  # from here on, some of the request may reach the node
+                stream.writer.write(head + (body or b""))
+                await stream.writer.drain()
+                resp, keep = await _read_response(stream.reader, method)
+            done = True
+        except (OSError, EOFError) as exc:  # TimeoutError and ssl errors are OSErrors
+            raise _Lost(exc, sent) from None
+        finally:
+            if not done and stream is not None:
+                stream.abort()
+        if keep and len(self._idle) < self._max_idle:
+            self._idle.append(stream)
+        else:
+            stream.writer.close()
+        return resp
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> Response:
+        """As `DynamoClient.request`: one request (the bearer token added), the raw
+        answer whatever its status, a ConnectionFailed when lost on the wire; within
+        `timeout` seconds (default: the client's)."""
+        head = _request_head(method, path, self._host_header, body, self._with_auth(headers))
+        limit = timeout or self.timeout
+        deadline = asyncio.get_running_loop().time() + limit
+        stream = self._take()
+        was_reused = stream is not None
+        try:
+            return await self._exchange(stream, head, body, method, deadline)
+        except _Lost as lost:
+            if not _may_retry(method, lost, was_reused):
+                raise self._failure(method, lost, fresh=not was_reused, timeout=limit) from None
+        try:
+            return await self._exchange(None, head, body, method, deadline)
+        except _Lost as lost:
+            raise self._failure(method, lost, fresh=True, timeout=limit) from None
+
+    async def _run(self, call: _Call[T]) -> T:
+        return call.parse(await self.request(call.method, call.path, call.body, call.headers))
+
+    # --- key-value -----------------------------------------------------------------------
+    async def get(
+        self, key: str, *, r: Quorum | None = None, timeout_ms: int | None = None
+    ) -> GetResult:
+        """As `DynamoClient.get`."""
+        return await self._run(self._get_call(key, r, timeout_ms))
+
+    async def put(
+        self,
+        key: str,
+        value: bytes | str,
+        context: str | None = None,
+        content_type: str = DEFAULT_CONTENT_TYPE,
+        *,
+        w: Quorum | None = None,
+        timeout_ms: int | None = None,
+    ) -> str:
+        """As `DynamoClient.put` (a lost write is never resent: `maybe_applied`)."""
+        return await self._run(self._put_call(key, value, context, content_type, w, timeout_ms))
+
+    async def delete(
+        self,
+        key: str,
+        context: str | None = None,
+        *,
+        w: Quorum | None = None,
+        timeout_ms: int | None = None,
+    ) -> None:
+        """As `DynamoClient.delete`."""
+        await self._run(self._delete_call(key, context, w, timeout_ms))
+
+    async def resolve(
+        self,
+        key: str,
+        merge: Callable[[list[Sibling]], bytes | str],
+        content_type: str | None = None,
+        *,
+        w: Quorum | None = None,
+        r: Quorum | None = None,
+    ) -> str:
+        """As `DynamoClient.resolve`."""
+        _check_quorum("w", w)
+        result = await self.get(key, r=r)
+        merged, content_type = self._resolved(result, merge, content_type)
+        return await self.put(key, merged, result.context, content_type, w=w)
+
+    # --- admin ----------------------------------------------------------------------------
+    async def status(self) -> Json:
+        return await self._run(self._json_call("GET", "status"))
+
+    async def ring(self) -> Json:
+        return await self._run(self._json_call("GET", "ring"))
+
+    async def join(self, address: str) -> Json:
+        return await self._run(self._json_call("POST", "join", {"address": address}))
+
+    async def leave(self, node: str, *, force: bool = False) -> Json:
+        return await self._run(self._json_call("POST", "leave", _member_change(node, force)))
+
+    async def force_remove(self, node: str, *, force: bool = False) -> Json:
+        return await self._run(self._json_call("POST", "force-remove", _member_change(node, force)))
+
+    async def replace(self, old: str, new: str) -> Json:
+        return await self._run(self._json_call("POST", "replace", {"old": old, "new": new}))
+
+    async def plan(self) -> Json:
+        return await self._run(self._json_call("GET", "plan"))
+
+    async def clear_plan(self) -> Json:
+        return await self._run(self._json_call("DELETE", "plan"))
+
+    async def commit(self) -> Json:
+        return await self._run(self._json_call("POST", "commit"))
+
+    async def anti_entropy(self) -> str:
+        return await self._run(self._anti_entropy_call())
+
+    async def job(self, job_id: str) -> Json:
+        return await self._run(self._job_call(job_id))
 
 
 def _member_change(node: str, force: bool) -> Json:

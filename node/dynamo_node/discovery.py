@@ -6,8 +6,10 @@ its id and peer address are known.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+from .client import AsyncDynamoClient, ClientError
 from .config import NodeConfig
 from .errors import InvalidRequest, PeerError
 from .tls import client_context
@@ -21,22 +23,30 @@ def split_hostport(address: str) -> tuple[str, int]:
 
 
 async def fetch_status(address: str, config: NodeConfig, timeout: float) -> dict[str, Any]:
-    """GET another node's /v1/admin/status by HTTP address (used before its id is known)."""
-    from aiohttp import ClientSession, ClientTimeout, TCPConnector
-
-    token = config.cluster_token
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    """GET another node's /v1/admin/status by HTTP address (used before its id is known),
+    with the cluster token and, on a TLS cluster, this node's client certificate."""
     ctx = client_context(config)
-    async with (
-        ClientSession(
-            timeout=ClientTimeout(total=timeout),
-            connector=TCPConnector(ssl=ctx) if ctx is not None else None,
-        ) as session,
-        session.get(f"{config.scheme}://{address}/v1/admin/status", headers=headers) as resp,
-    ):
-        if resp.status != 200:
-            raise PeerError(f"{address} answered {resp.status}")
-        info = await resp.json()
+    try:
+        client = AsyncDynamoClient(
+            f"{config.scheme}://{address}",
+            token=config.cluster_token or None,
+            timeout=timeout,
+            tls_context=ctx,
+        )
+    except ValueError as exc:
+        raise PeerError(f"{address}: {exc}") from None
+    try:
+        resp = await client.request("GET", "/v1/admin/status")
+    except ClientError as exc:
+        raise PeerError(f"{address}: {exc}") from None
+    finally:
+        await client.close()
+    if resp.status != 200:
+        raise PeerError(f"{address} answered {resp.status}")
+    try:
+        info = json.loads(resp.body)
+    except (ValueError, UnicodeDecodeError):
+        raise PeerError(f"{address} sent a malformed status") from None
     if not isinstance(info, dict):
         raise PeerError(f"{address} sent a malformed status")
     return info

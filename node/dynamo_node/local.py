@@ -34,11 +34,10 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
+from .client import ClientError, DynamoClient
 from .config import PEER_PORT_OFFSET, NodeConfig
 from .errors import DynamoError
 from .extras import node_missing_message
@@ -70,19 +69,23 @@ class LocalError(RuntimeError):
         self.code = code
 
 
+class _HTTPStatusError(OSError):
+    """A node answered with an error status (a retryable failure while waiting)."""
+
+
 def _call(address: str, method: str, path: str, payload: Any = None, timeout: float = 5.0) -> Any:
+    """One JSON call to a node started here, over the client's raw request: an error
+    status or a lost connection is an OSError, an answer that is not JSON a ValueError."""
     data = json.dumps(payload).encode() if payload is not None else None
-    req = urllib.request.Request(
-        f"http://{address}{path}",
-        data=data,
-        method=method,
-        headers={"Content-Type": "application/json"},
-    )
     token = os.environ.get("DYNAMO_CLUSTER_TOKEN")
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
-        return json.loads(resp.read() or b"null")
+    with DynamoClient(address, token=token or None, timeout=timeout) as client:
+        try:
+            resp = client.request(method, path, data, {"Content-Type": "application/json"})
+        except ClientError as exc:
+            raise OSError(str(exc)) from None
+    if resp.status >= 400:
+        raise _HTTPStatusError(f"HTTP Error {resp.status}: {resp.reason}")
+    return json.loads(resp.body or b"null")
 
 
 def _wait(what: str, check: Any, timeout: float = START_TIMEOUT_S) -> Any:
@@ -93,7 +96,7 @@ def _wait(what: str, check: Any, timeout: float = START_TIMEOUT_S) -> Any:
             result = check()
             if result:
                 return result
-        except (OSError, urllib.error.URLError, ValueError) as exc:
+        except (OSError, ValueError) as exc:
             last = exc
         time.sleep(POLL_S)
     raise LocalError(f"timed out waiting for {what} ({last})")

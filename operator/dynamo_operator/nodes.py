@@ -6,8 +6,9 @@ injectable resolver (default: the pod's stable DNS name through the headless Ser
 
 Every call has a deadline (`OperatorConfig.node_timeout_s`). Failures raise `NodeError`
 (the node answered with an error status) or `NodeUnreachable` (no usable answer); the
-caller decides whether that is transient. One aiohttp session is shared by all calls,
-created on first use in the running loop; `close()` releases it.
+caller decides whether that is transient. The calls go through the node client's async
+face (`dynamo_node.client.AsyncDynamoClient`, one per node address and token, each
+keeping its connections alive); `close()` releases them.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import ssl
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-import aiohttp
+from dynamo_node.client import AsyncDynamoClient, ClientError
 
 from .builders import node_address
 from .config import DEFAULT_NODE_TIMEOUT_S
@@ -45,8 +46,9 @@ class NodeAdmin:
         self, resolver: Resolver = default_resolver, timeout_s: float = DEFAULT_NODE_TIMEOUT_S
     ) -> None:
         self._resolver = resolver
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self._session: aiohttp.ClientSession | None = None
+        self._timeout_s = timeout_s
+        #: address -> the client of that node (for one token and TLS context)
+        self._clients: dict[str, AsyncDynamoClient] = {}
         #: address -> SSL context, for clusters with spec.tls (their CA from the Secret)
         self._tls: dict[str, ssl.SSLContext] = {}
         self._contexts: dict[str, ssl.SSLContext] = {}
@@ -69,33 +71,39 @@ class NodeAdmin:
         return self._resolver(name, namespace, ordinal)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            await client.close()
 
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
-        return self._session
+    async def _client(self, address: str, token: str | None) -> AsyncDynamoClient:
+        ctx = self._tls.get(address)
+        client = self._clients.get(address)
+        same_token = client is not None and client.token == ((token or "").strip() or None)
+        if client is not None and same_token and client.tls_context is ctx:
+            return client
+        if client is not None:
+            await client.close()  # the token or the TLS trust changed
+        scheme = "https" if ctx is not None else "http"
+        client = AsyncDynamoClient(
+            f"{scheme}://{address}", token=token, timeout=self._timeout_s, tls_context=ctx
+        )
+        self._clients[address] = client
+        return client
 
     async def _call(
         self, method: str, address: str, path: str, token: str | None, body: Any = None
     ) -> Any:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        headers = {}
         data = None
         if body is not None:
             headers["Content-Type"] = "application/json"
             data = json.dumps(body).encode()
-        ctx = self._tls.get(address)
-        url = f"{'https' if ctx else 'http'}://{address}{ADMIN}{path}"
         try:
-            async with self._client().request(
-                method, url, data=data, headers=headers, ssl=ctx if ctx is not None else True
-            ) as resp:
-                raw = await resp.read()
-                status = resp.status
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            client = await self._client(address, token)
+            resp = await client.request(method, ADMIN + path, data, headers)
+        except (ClientError, ValueError, OSError) as exc:
             raise NodeUnreachable(address, f"{method} {path}: {exc!r}") from None
+        raw, status = resp.body, resp.status
         try:
             payload = json.loads(raw) if raw else None
         except ValueError:

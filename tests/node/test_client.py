@@ -6,20 +6,24 @@ else talks HTTP to nodes started by the `procs` fixture (tests/harness.py).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import ssl
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import EllipsisType
 
 import pytest
 
 from dynamo_node.client import (
     DEFAULT_NODE,
     MAYBE_APPLIED,
+    AsyncDynamoClient,
     AuthError,
     BadRequest,
     ClientError,
@@ -619,3 +623,294 @@ def test_documented_client_examples_run(procs: Cluster, doc: Path) -> None:
     for block in blocks:
         code = block.replace(DEFAULT_NODE, node.address)
         exec(compile(code, str(doc), "exec"), namespace)
+
+
+# --- the async face ------------------------------------------------------------------------
+@pytest.mark.cluster
+async def test_async_face_every_method_against_a_node(procs: Cluster) -> None:
+    node = procs.add_node()
+    async with AsyncDynamoClient(node.address) as client:
+        context = await client.put("doc", b'{"a": 1}', content_type=JSON)
+        assert context
+        result = await client.get("doc")
+        assert (result.value, result.content_type) == (b'{"a": 1}', JSON)
+        for key in AWKWARD_KEYS:
+            await client.put(key, key)
+        for key in AWKWARD_KEYS:
+            assert (await client.get(key, r=1)).value == key.encode()
+        await client.put("cart", b'["milk"]', content_type=JSON)
+        await client.put("cart", b'["eggs"]', content_type=JSON)
+        assert (await client.get("cart")).has_siblings
+        await client.resolve("cart", cart_merge)
+        assert json.loads((await client.get("cart")).value) == ["eggs", "milk"]
+        await client.delete("doc", (await client.get("doc")).context, w=1)
+        assert not (await client.get("doc")).found
+        # concurrent calls on one client each get their own connection
+        values = await asyncio.gather(*(client.get(k) for k in AWKWARD_KEYS))
+        assert [v.value for v in values] == [k.encode() for k in AWKWARD_KEYS]
+
+        status = await client.status()
+        assert status["node"] == node.node_id
+        ring = await client.ring()
+        assert ring["ring_version"] == status["ring_version"]
+        assert (await client.plan())["staged"] is False
+        assert await client.clear_plan() == {"staged": False}
+        with pytest.raises(ClientError) as conflict:
+            await client.commit()
+        assert conflict.value.status == 409
+        with pytest.raises(NotFound):
+            await client.leave("no-such-node")
+        with pytest.raises(NotFound):
+            await client.force_remove("no-such-node", force=True)
+        with pytest.raises(ClientError):
+            await client.replace("no-such-node", "127.0.0.1:1")
+        with pytest.raises(NotFound):
+            await client.join(f"127.0.0.1:{free_port()}")
+        with pytest.raises(NotFound):
+            await client.job("no-such-job")
+        job_id = await client.anti_entropy()
+        for _ in range(200):
+            job = await client.job(job_id)
+            if job["state"] != "running":
+                break
+            await asyncio.sleep(0.1)
+        assert (job["id"], job["state"]) == (job_id, "done")
+
+        with pytest.raises(BadRequest) as bad:
+            await client.put("k", b"v", context="garbage")
+        assert (bad.value.status, bad.value.code) == (400, "invalid_context")
+        with pytest.raises(Unavailable) as unavailable:
+            await client.get("k", r="all")
+        assert (unavailable.value.required, unavailable.value.answered) == (3, 1)
+        with pytest.raises(TypeError):
+            await client.put("k", 123)  # type: ignore[arg-type]
+        raw = await client.request("GET", "/v1/kv/never")  # no error mapping
+        assert raw.status == 404 and json.loads(raw.body)["error"]["code"] == "not_found"
+
+
+@pytest.mark.cluster
+async def test_async_face_auth_and_tls(
+    procs: Cluster, tmp_path: Path, tls_node: tuple[NodeProc, Path]
+) -> None:
+    (tmp_path / "cluster.token").write_text("cluster-secret\n")
+    node = procs.add_node("--cluster-token-file", str(tmp_path / "cluster.token"))
+    async with AsyncDynamoClient(node.address) as anonymous:
+        with pytest.raises(AuthError) as missing:
+            await anonymous.status()
+        assert missing.value.status == 401
+    async with AsyncDynamoClient(node.address, token="cluster-secret") as admin:
+        assert (await admin.status())["node"] == node.node_id
+    tls, ca = tls_node
+    async with AsyncDynamoClient(f"https://{tls.address}", timeout=5) as client:
+        with pytest.raises(ConnectionFailed, match=r"certificate .* could not be verified"):
+            await client.get("k")
+    async with AsyncDynamoClient(f"https://{tls.address}", tls_ca=str(ca)) as client:
+        await client.put("async-k", "über")
+        assert (await client.get("async-k")).value == "über".encode()
+
+
+class RawServer:
+    """An asyncio TCP server on loopback that reads whole requests (head and
+    Content-Length body), records them, and answers each with `answer(request number)`:
+    bytes to send as is, None to close the connection unanswered, ... to never answer."""
+
+    def __init__(self, answer: Callable[[int], bytes | EllipsisType | None]) -> None:
+        self.answer = answer
+        self.requests: list[bytes] = []
+        self.address = ""
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def __aenter__(self) -> RawServer:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.address = f"127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def methods(self) -> list[str]:
+        return [r.split(b" ", 1)[0].decode() for r in self.requests]
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                found = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+                body = await reader.readexactly(int(found.group(1))) if found else b""
+                self.requests.append(head + body)
+                answer = self.answer(len(self.requests))
+                if answer is None:
+                    break
+                if answer is ...:
+                    await asyncio.sleep(3600)
+                    break
+                writer.write(answer)
+                await writer.drain()
+                if b"Content-Length" not in answer and b"chunked" not in answer:
+                    break  # an answer delimited by the end of the connection
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+NOT_FOUND_BODY = b'{"error": {"code": "not_found", "message": "no value"}}'
+NOT_FOUND = (
+    b"HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\n"
+    b"Content-Length: %d\r\n\r\n" % len(NOT_FOUND_BODY) + NOT_FOUND_BODY
+)
+
+
+async def test_async_write_dropped_after_sending_is_not_resent() -> None:
+    # request 1 (a GET) is answered, keeping the connection alive; then every request
+    # is read whole and the connection closed unanswered
+    async with (
+        RawServer(lambda n: NOT_FOUND if n == 1 else None) as server,
+        AsyncDynamoClient(server.address, timeout=5) as client,
+    ):
+        assert not (await client.get("k")).found
+        with pytest.raises(ConnectionFailed) as info:
+            await client.put("k", b"v")  # on the reused connection
+        assert server.methods() == ["GET", "PUT"]  # exactly one PUT
+        assert info.value.maybe_applied and MAYBE_APPLIED in str(info.value)
+        with pytest.raises(ConnectionFailed) as deleted:
+            await client.delete("k", "ctx")  # on a fresh connection
+        assert server.methods().count("DELETE") == 1 and deleted.value.maybe_applied
+        with pytest.raises(ConnectionFailed) as posted:
+            await client.commit()
+        assert server.methods().count("POST") == 1 and posted.value.maybe_applied
+
+
+async def test_async_refused_connection_is_unsent() -> None:
+    async with AsyncDynamoClient(f"127.0.0.1:{free_port()}", timeout=2) as client:
+        with pytest.raises(ConnectionFailed, match="cannot reach") as info:
+            await client.put("k", b"v")
+        assert info.value.status == 0 and not info.value.maybe_applied
+
+
+async def test_async_read_lost_on_a_reused_connection_is_retried_once() -> None:
+    async with (
+        RawServer(lambda n: None if n == 2 else NOT_FOUND) as server,
+        AsyncDynamoClient(server.address, timeout=5) as client,
+    ):
+        assert not (await client.get("k")).found
+        assert not (await client.get("dropped")).found  # dropped once, asked again
+        assert server.methods() == ["GET", "GET", "GET"]
+
+
+async def test_async_timeout_bounds_the_whole_call() -> None:
+    async with (
+        RawServer(lambda n: ...) as server,
+        AsyncDynamoClient(server.address, timeout=0.3) as client,
+    ):
+        started = time.monotonic()
+        with pytest.raises(ConnectionFailed, match=r"did not answer within 0\.3s") as info:
+            await client.put("k", b"v")
+        assert time.monotonic() - started < 2
+        assert info.value.maybe_applied and server.methods() == ["PUT"]
+        with pytest.raises(ConnectionFailed, match=r"did not answer within 0\.2s"):
+            await client.request("GET", "/v1/admin/status", timeout=0.2)
+        await asyncio.sleep(0.5)
+        assert server.methods().count("GET") <= 1  # a timeout is not retried
+
+
+async def test_async_reads_chunked_and_until_close_answers() -> None:
+    chunked = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n"
+        b'5\r\n{"nod\r\n7;ext=1\r\ne": "n1\r\n2\r\n"}\r\n0\r\nX-Trailer: 1\r\n\r\n'
+    )
+    until_close = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n" + b'{"node": "n2"}'
+
+    def answer(n: int) -> bytes:
+        return chunked if n < 3 else until_close
+
+    async with (
+        RawServer(answer) as server,
+        AsyncDynamoClient(server.address, timeout=5) as client,
+    ):
+        assert await client.status() == {"node": "n1"}
+        assert await client.status() == {"node": "n1"}  # kept alive after chunks
+        assert await client.status() == {"node": "n2"}
+        assert await client.status() == {"node": "n2"}  # reconnected after the EOF
+    assert len(server.requests) == 4
+
+
+async def test_async_a_foreign_http_server_is_not_a_dynamokv_node() -> None:
+    page = b"<html>Hello</html>"
+    html = b"HTTP/1.1 404 Not Found\r\nContent-Type: text/html\r\nContent-Length: %d\r\n\r\n" % (
+        len(page)
+    )
+    async with (
+        RawServer(lambda n: html + page) as server,
+        AsyncDynamoClient(server.address, timeout=5) as client,
+    ):
+        for call in (client.get("k"), client.put("k", b"v"), client.status()):
+            with pytest.raises(NotDynamoNode, match="does not look like a dynamokv node"):
+                await call
+    garbage = b"SSH-2.0-OpenSSH_9.6\r\n"
+    async with (
+        RawServer(lambda n: garbage) as server,
+        AsyncDynamoClient(server.address, timeout=5) as client,
+    ):
+        with pytest.raises(ConnectionFailed, match="not an HTTP answer"):
+            await client.status()
+
+
+@pytest.mark.cluster
+async def test_fetch_status_uses_the_cluster_token(procs: Cluster, tmp_path: Path) -> None:
+    from dynamo_node.config import NodeConfig
+    from dynamo_node.discovery import fetch_status
+    from dynamo_node.errors import PeerError
+
+    (tmp_path / "cluster.token").write_text("cluster-secret\n")
+    node = procs.add_node("--cluster-token-file", str(tmp_path / "cluster.token"))
+    config = NodeConfig(data_dir="", cluster_token="cluster-secret")
+    assert (await fetch_status(node.address, config, 5))["node"] == node.node_id
+    with pytest.raises(PeerError, match="answered 401"):
+        await fetch_status(node.address, NodeConfig(data_dir=""), 5)
+    with pytest.raises(PeerError, match="cannot reach"):
+        await fetch_status(f"127.0.0.1:{free_port()}", config, 2)
+
+
+# --- one client: nothing else talks HTTP to nodes by itself -----------------------------
+HTTP_CLIENT_APIS = re.compile(
+    r"^\s*(import urllib\.request|from urllib(\.request)? import|import http\.client"
+    r"|from http\.client import|from http import client)|\bClientSession\(|urlopen\(",
+    re.MULTILINE,
+)
+CLIENT_MODULES = {"client.py", "clientcore.py"}
+
+
+def test_only_the_client_module_talks_http_to_nodes() -> None:
+    sources = [
+        *(ROOT / "node" / "dynamo_node").glob("*.py"),
+        *(ROOT / "operator" / "dynamo_operator").glob("*.py"),
+        ROOT / "tests" / "harness.py",
+    ]
+    offenders = {
+        f"{path.relative_to(ROOT)}: {match.group(0).strip()}"
+        for path in sources
+        if not (path.parent.name == "dynamo_node" and path.name in CLIENT_MODULES)
+        for match in HTTP_CLIENT_APIS.finditer(path.read_text())
+    }
+    assert not offenders, sorted(offenders)
+
+
+def test_sync_raw_request_maps_nothing_and_adds_the_token() -> None:
+    page = Answer(404, b"<html>no</html>", {"Content-Type": "text/html", "X-Two": "a"})
+    with FakeNode(lambda _: page) as fake, DynamoClient(fake.address, token="t") as client:
+        resp = client.request("POST", "/anything?x=1", b"body", {"X-Mine": "1"})
+        assert (resp.status, resp.reason, resp.body) == (404, "Not Found", b"<html>no</html>")
+        assert resp.headers["content-type"] == "text/html" and "x-two" in resp.headers
+        seen = fake.seen[0]
+        assert (seen.method, seen.path, seen.body) == ("POST", "/anything?x=1", b"body")
+        assert seen.headers["Authorization"] == "Bearer t" and seen.headers["X-Mine"] == "1"
