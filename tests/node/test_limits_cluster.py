@@ -188,6 +188,14 @@ def test_replicated_writes_past_the_limit_are_not_refused(
     c.kill(n0)
     c.start(n1)
     c.start(n2)
+    wait_for(
+        lambda: all(
+            {m["node"]: m["state"] for m in c.status(a)["members"]}[b.node_id] == "up"
+            for a, b in ((n1, n2), (n2, n1))
+        ),
+        30,
+        what="n1 and n2 see each other up",
+    )
     for i in range(SIBLINGS_MAX):
         assert c.put(n1, "split", b"b%d" % i, query="?w=2&timeout_ms=3000")[0] == 204
     assert c.put(n1, "split", b"refused", query="?w=2&timeout_ms=3000")[0] == 409
