@@ -25,15 +25,15 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.node.test_coordinator import Net
+from tests.node.cluster.test_coordinator import Net
 
 from bench import benchlib
-from dynamo_node.antientropy import SAVED_TREES_MARKER
-from dynamo_node.config import NodeConfig
+from dynamo_node.cluster.antientropy import SAVED_TREES_MARKER
+from dynamo_node.core.config import NodeConfig
+from dynamo_node.core.vclock import VClock
 from dynamo_node.node import Node
-from dynamo_node.storage import Family, storage_key
-from dynamo_node.storage_rocks import RocksStorage
-from dynamo_node.vclock import VClock
+from dynamo_node.store.storage import Family, storage_key
+from dynamo_node.store.storage_rocks import RocksStorage
 
 Q = 256
 VALUE = b"v" * 100

@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "node"))
 
 from bench import benchlib
-from dynamo_node.storage import Family, partition_keys
-from dynamo_node.storage_rocks import RocksStorage
+from dynamo_node.store.storage import Family, partition_keys
+from dynamo_node.store.storage_rocks import RocksStorage
 
 Q = 64
 DROP_BATCH = 1000  # what the old janitor scanned per step

@@ -1,5 +1,5 @@
 """`python -m dynamo_node` is `dynamo-node`."""
 
-from .extras import node_main
+from dynamo_node.extras import node_main
 
 node_main()

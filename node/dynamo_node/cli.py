@@ -33,7 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final, NoReturn
 
-from .client import (
+from dynamo_node.client import (
     DEFAULT_CONTENT_TYPE,
     DEFAULT_NODE,
     DEFAULT_TIMEOUT_S,
@@ -755,7 +755,7 @@ def cmd_job(client: DynamoClient, args: argparse.Namespace) -> int:
 
 
 def cmd_local(args: argparse.Namespace) -> int:
-    from .local import run_local  # type: ignore[import-not-found,unused-ignore]
+    from dynamo_node.local import run_local  # type: ignore[import-not-found,unused-ignore]
 
     return int(run_local(args))
 

@@ -47,6 +47,6 @@ def node_main() -> None:
     if problem:
         print(f"dynamo-node: {problem}", file=sys.stderr)
         raise SystemExit(EXIT_USAGE)
-    from .main import main
+    from dynamo_node.main import main
 
     main()

@@ -37,11 +37,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .client import ClientError, DynamoClient
-from .config import PEER_PORT_OFFSET, NodeConfig
-from .errors import DynamoError
-from .extras import node_missing_message
-from .memory import default_row_cache_bytes, memory_limit
+from dynamo_node.client import ClientError, DynamoClient
+from dynamo_node.core.config import PEER_PORT_OFFSET, NodeConfig
+from dynamo_node.core.errors import DynamoError
+from dynamo_node.extras import node_missing_message
+from dynamo_node.host.memory import default_row_cache_bytes, memory_limit
 
 START_TIMEOUT_S = 30.0
 SETTLE_TIMEOUT_S = 300.0
@@ -145,9 +145,9 @@ def departed_nodes(dirs: list[Path]) -> set[str]:
     state saved in any of `dirs` (read-only; a node never started has none)."""
     import msgpack
 
-    from .membership import ClusterState
-    from .node import META_STATE
-    from .storage_rocks import salvage_meta
+    from dynamo_node.core.membership import ClusterState
+    from dynamo_node.node import META_STATE
+    from dynamo_node.store.storage_rocks import salvage_meta
 
     newest: ClusterState | None = None
     for path in dirs:

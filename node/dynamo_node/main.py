@@ -20,18 +20,18 @@ import msgpack
 import uvloop
 from aiohttp import web
 
-from .config import FIELD_RULES, FIELD_TYPES, NodeConfig, check_field
-from .errors import DynamoError
-from .fdbudget import Budget, budget
-from .http1 import KvServer
-from .membership import ClusterState
-from .memory import MIB, declared_limit, default_row_cache_bytes, memory_limit
-from .metrics import Metrics
-from .node import META_NODE_ID, META_STATE, Node
-from .storage import Family
-from .storage_rocks import RocksStorage, is_corruption, salvage_meta
-from .tls import server_context
-from .web import ADMISSION_KEY, API_KEY, AUTH_KEY, build_app
+from dynamo_node.core.config import FIELD_RULES, FIELD_TYPES, NodeConfig, check_field
+from dynamo_node.core.errors import DynamoError
+from dynamo_node.core.membership import ClusterState
+from dynamo_node.edge.http1 import KvServer
+from dynamo_node.edge.metrics import Metrics
+from dynamo_node.edge.web import ADMISSION_KEY, API_KEY, AUTH_KEY, build_app
+from dynamo_node.host.fdbudget import Budget, budget
+from dynamo_node.host.memory import MIB, declared_limit, default_row_cache_bytes, memory_limit
+from dynamo_node.net.tls import server_context
+from dynamo_node.node import META_NODE_ID, META_STATE, Node
+from dynamo_node.store.storage import Family
+from dynamo_node.store.storage_rocks import RocksStorage, is_corruption, salvage_meta
 
 log = logging.getLogger("dynamo.main")
 

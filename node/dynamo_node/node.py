@@ -23,29 +23,29 @@ from typing import Any
 
 import msgpack
 
-from .antientropy import AntiEntropy
-from .claimant import Claimant
-from .codec import CodecError, clock_from_wire, decode_object, encode_object
-from .config import NodeConfig
-from .coordinator import Coordinator, Placement
-from .discovery import split_hostport
-from .durability import GroupCommit
-from .errors import InvalidRequest, Unavailable
-from .gossiper import Gossiper
-from .handoff import Handoff
-from .hints import HintStore
-from .liveness import FailureDetector
-from .membership import ClusterState, Member
-from .quorum import effective
-from .refill import Refill
-from .replica import Replica
-from .ring import partition_of
-from .storage import Family, Storage, skey_hash
-from .tls import client_context, server_context
-from .transport import Transport
-from .transport_tcp import RpcServer, TcpTransport
-from .vclock import VClock
-from .versions import Object, sync
+from dynamo_node.cluster.antientropy import AntiEntropy
+from dynamo_node.cluster.claimant import Claimant
+from dynamo_node.cluster.coordinator import Coordinator, Placement
+from dynamo_node.cluster.gossiper import Gossiper
+from dynamo_node.cluster.handoff import Handoff
+from dynamo_node.cluster.refill import Refill
+from dynamo_node.core.codec import CodecError, clock_from_wire, decode_object, encode_object
+from dynamo_node.core.config import NodeConfig
+from dynamo_node.core.errors import InvalidRequest, Unavailable
+from dynamo_node.core.liveness import FailureDetector
+from dynamo_node.core.membership import ClusterState, Member
+from dynamo_node.core.quorum import effective
+from dynamo_node.core.ring import partition_of
+from dynamo_node.core.vclock import VClock
+from dynamo_node.core.versions import Object, sync
+from dynamo_node.net.discovery import split_hostport
+from dynamo_node.net.tls import client_context, server_context
+from dynamo_node.net.transport import Transport
+from dynamo_node.net.transport_tcp import RpcServer, TcpTransport
+from dynamo_node.store.durability import GroupCommit
+from dynamo_node.store.hints import HintStore
+from dynamo_node.store.replica import Replica
+from dynamo_node.store.storage import Family, Storage, skey_hash
 
 log = logging.getLogger("dynamo.node")
 

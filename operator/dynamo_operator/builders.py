@@ -203,7 +203,7 @@ def _metadata(
 
 
 def node_config(spec: ClusterSpec) -> dict[str, Any]:
-    """The cluster-wide node settings (`node.json`); keys are `dynamo_node.config` fields."""
+    """The cluster-wide node settings (`node.json`); keys are `dynamo_node.core.config` fields."""
     return {
         "partitions": spec.partitions,
         "n": spec.replication.n,

@@ -34,7 +34,7 @@ ANTI_AFFINITY_PRESETS: tuple[AntiAffinityPreset, ...] = ("none", "preferred", "r
 RETENTIONS: tuple[Retention, ...] = ("Retain", "Delete")
 DURABILITIES: tuple[Durability, ...] = ("sync", "wal")
 
-# Defaults and limits: the CRD's values, and the node's (dynamo_node.config) where shared.
+# Defaults and limits: the CRD's values, and the node's (dynamo_node.core.config) where shared.
 DEFAULT_MAX_KEY_BYTES = 1024
 DEFAULT_MAX_VALUE_BYTES = 1024 * 1024
 DEFAULT_MAX_CONCURRENT_REQUESTS = 1024

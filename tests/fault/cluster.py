@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dynamo_node.config import PEER_PORT_OFFSET
+from dynamo_node.core.config import PEER_PORT_OFFSET
 from tests.fault.netns import Netns
 from tests.harness import Cluster, NodeProc, free_port
 

@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dynamo_node.config import NodeConfig
+from dynamo_node.core.config import NodeConfig
 from tests.fault.checker import Verdict, check
 from tests.fault.cluster import fault_cluster
 from tests.fault.scenarios import NODE_FLAGS, form

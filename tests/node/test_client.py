@@ -867,9 +867,9 @@ async def test_async_a_foreign_http_server_is_not_a_dynamokv_node() -> None:
 
 @pytest.mark.cluster
 async def test_fetch_status_uses_the_cluster_token(procs: Cluster, tmp_path: Path) -> None:
-    from dynamo_node.config import NodeConfig
-    from dynamo_node.discovery import fetch_status
-    from dynamo_node.errors import PeerError
+    from dynamo_node.core.config import NodeConfig
+    from dynamo_node.core.errors import PeerError
+    from dynamo_node.net.discovery import fetch_status
 
     (tmp_path / "cluster.token").write_text("cluster-secret\n")
     node = procs.add_node("--cluster-token-file", str(tmp_path / "cluster.token"))

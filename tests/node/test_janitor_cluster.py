@@ -11,8 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from dynamo_node.storage import Family
-from dynamo_node.storage_rocks import RocksStorage
+from dynamo_node.store.storage import Family
+from dynamo_node.store.storage_rocks import RocksStorage
 from tests.harness import Cluster, NodeProc, stack_dump, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from dynamo_node.memory import default_row_cache_bytes, memory_limit
+from dynamo_node.host.memory import default_row_cache_bytes, memory_limit
 from tests.harness import free_port, http, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]

@@ -101,7 +101,7 @@ def _parser_dests() -> dict[str, list[str]]:
 def test_every_config_field_has_a_flag() -> None:
     import dataclasses
 
-    from dynamo_node.config import NodeConfig
+    from dynamo_node.core.config import NodeConfig
     from dynamo_node.main import field_dest
 
     dests = _parser_dests()
@@ -168,7 +168,7 @@ def test_a_flag_overrides_the_config_file_even_back_to_auto(tmp_path: object) ->
 def test_config_file_is_type_checked(tmp_path: object, content: str, field: str) -> None:
     from pathlib import Path
 
-    from dynamo_node.errors import DynamoError
+    from dynamo_node.core.errors import DynamoError
 
     path = Path(str(tmp_path)) / "node.json"
     path.write_text(content)
@@ -218,7 +218,7 @@ def test_busy_peer_port_is_a_usage_error_naming_it(tmp_path: Path) -> None:
 
 
 def test_a_data_dir_in_use_is_a_usage_error(tmp_path: Path) -> None:
-    from dynamo_node.storage_rocks import RocksStorage
+    from dynamo_node.store.storage_rocks import RocksStorage
 
     data = tmp_path / "d"
     held = RocksStorage(str(data))  # holds the RocksDB lock, as a running node does

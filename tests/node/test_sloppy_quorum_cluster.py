@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from dynamo_node.ring import partition_of
-from dynamo_node.storage import skey_hash, storage_key
+from dynamo_node.core.ring import partition_of
+from dynamo_node.store.storage import skey_hash, storage_key
 from tests.harness import Cluster, NodeProc, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from dynamo_node.durability import EXIT_FSYNC_FAILED
+from dynamo_node.store.durability import EXIT_FSYNC_FAILED
 from tests.harness import Cluster, NodeProc, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]

@@ -12,8 +12,8 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
-from dynamo_node import memory as node_memory
-from dynamo_node.config import NodeConfig
+from dynamo_node.core.config import NodeConfig
+from dynamo_node.host import memory as node_memory
 from dynamo_operator import builders
 from dynamo_operator.builders import (
     MEMORY_LIMIT_ENV,

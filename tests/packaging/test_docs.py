@@ -42,7 +42,7 @@ def test_api_reference_is_generated_from_the_openapi_document() -> None:
 
 def test_api_reference_covers_every_path_and_command() -> None:
     from dynamo_node.cli import build_parser
-    from dynamo_node.openapi import openapi_document
+    from dynamo_node.edge.openapi import openapi_document
 
     text = (DOCS / "api.md").read_text()
     for path, item in openapi_document()["paths"].items():

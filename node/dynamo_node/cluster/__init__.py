@@ -1,0 +1,3 @@
+"""The cluster processes: quorum coordination, gossip, the claimant (staged membership
+changes), partition transfers, anti-entropy and refill of a replacement.
+"""

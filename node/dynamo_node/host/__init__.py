@@ -1,0 +1,3 @@
+"""Facts about the host the node runs on: usable memory (the container limit) and the
+file-descriptor budget.
+"""
