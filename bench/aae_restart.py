@@ -1,7 +1,7 @@
 """The first anti-entropy tree read after a restart: saved trees versus a rebuild (issue 21).
 
 In-process, one node on RocksDB (Q = 256, N = 1) holding n keys (100-byte values). After
-a clean stop (the trees saved, see antientropy "Saved trees"), the node is opened again
+a clean stop (the trees saved, see antientropy.trees "Saved trees"), the node is opened again
 and every partition's tree and tombstone candidates are read once, as the first repair
 does: timed, with the objects read by range scans counted. The same after a crash (the
 marker gone: every tree is built from a scan, as before saved trees existed). Also
@@ -79,11 +79,11 @@ def open_node(path: Path) -> tuple[Node, float]:
 def first_read(node: Node) -> tuple[float, int]:
     """Every partition's tree and tombstone candidates read once: seconds, objects read."""
     assert isinstance(node.storage, CountingStorage)
-    ae = node.anti_entropy
+    ae = node.anti_entropy.merkle
     t0 = time.perf_counter()
     for p in range(Q):
         ae.tree(p).root()
-        ae._tombstone_candidates(p)
+        ae.tombstone_candidates(p)
     return time.perf_counter() - t0, node.storage.objects_read
 
 

@@ -1,5 +1,5 @@
-"""Node-to-node call cost: dynamo_node.net.transport_tcp (RpcServer + TcpTransport: framed
-msgpack, one multiplexed connection) versus aiohttp (ClientSession -> aiohttp route
+"""Node-to-node call cost: dynamo_node.net.rpc_server.RpcServer + rpc_client.TcpTransport
+(framed msgpack, one multiplexed connection) versus aiohttp (ClientSession -> aiohttp route
 `POST /internal/{method}` with msgpack bodies), plus the same aiohttp route driven by the
 lean raw-socket HTTP/1.1 client of bench/httpload.py (one connection per caller).
 
@@ -50,7 +50,7 @@ async def handler(method: str, args: Any, caller: str) -> Any:
 
 
 async def serve(rpc_port: int, http_port: int) -> None:
-    from dynamo_node.net.transport_tcp import RpcServer
+    from dynamo_node.net.rpc_server import RpcServer
 
     rpc = RpcServer(handler)
     await rpc.start("127.0.0.1", rpc_port)
@@ -148,7 +148,7 @@ async def measure(
 
 def tcp_case(port: int, method: str) -> Callable[[], Awaitable[tuple[Call, Any]]]:
     async def make() -> tuple[Call, Any]:
-        from dynamo_node.net.transport_tcp import TcpTransport
+        from dynamo_node.net.rpc_client import TcpTransport
 
         transport = TcpTransport("bench-client", lambda _node: ("127.0.0.1", port))
         margs = ARGS[method]

@@ -146,7 +146,7 @@ def departed_nodes(dirs: list[Path]) -> set[str]:
     import msgpack
 
     from dynamo_node.core.membership import ClusterState
-    from dynamo_node.node import META_STATE
+    from dynamo_node.store.identity import META_STATE
     from dynamo_node.store.storage_rocks import salvage_meta
 
     newest: ClusterState | None = None

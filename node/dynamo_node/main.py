@@ -29,7 +29,8 @@ from dynamo_node.edge.web import ADMISSION_KEY, API_KEY, AUTH_KEY, build_app
 from dynamo_node.host.fdbudget import Budget, budget
 from dynamo_node.host.memory import MIB, declared_limit, default_row_cache_bytes, memory_limit
 from dynamo_node.net.tls import server_context
-from dynamo_node.node import META_NODE_ID, META_STATE, Node
+from dynamo_node.node import Node
+from dynamo_node.store.identity import META_NODE_ID, META_STATE
 from dynamo_node.store.storage import Family
 from dynamo_node.store.storage_rocks import RocksStorage, is_corruption, salvage_meta
 
@@ -575,21 +576,21 @@ def install_metrics(node: Node, metrics: Metrics) -> None:
         state = node.state
         up = 0
         if state is not None:
-            up = sum(1 for m in state.members.values() if node.member_state(m) == "up")
+            up = sum(1 for m in state.members.values() if node.view.member_state(m) == "up")
         return {
             "hints_pending": node.hints.pending,
             "storage_bytes": node.storage.approximate_size(),
             "ring_version": state.version if state else 0,
             "members_up": up,
-            "transfers_in_progress": len(node.handoff.progress),
+            "transfers_in_progress": len(node.transfers.progress),
             "row_cache_limit_bytes": getattr(node.storage, "row_cache_limit", 0),
             "storage_failed": 1 if node.storage_failure() is not None else 0,
-            "replacing": 1 if node.replacing else 0,
+            "replacing": 1 if node.view.replacing else 0,
         }
 
     def counters() -> dict[str, float]:
         c = node.coordinator.stats
-        extra: dict[str, float] = node.ae_counters()
+        extra: dict[str, float] = node.report.counters()
         return {
             "read_repairs_total": c.read_repairs,
             "quorum_failures_total": c.quorum_failures,
@@ -599,7 +600,7 @@ def install_metrics(node: Node, metrics: Metrics) -> None:
             "row_cache_hits_total": getattr(node.storage, "row_hits", 0),
             "row_cache_misses_total": getattr(node.storage, "row_misses", 0),
             "clock_prune_suspects_total": node.replica.stats.prune_suspects,
-            "gossip_foreign_refused_total": node.foreign_gossip,
+            "gossip_foreign_refused_total": node.view.foreign_gossip,
             "peer_connections_refused_total": node._rpc.refused,
             "storage_corruption_total": getattr(node.storage, "corruptions", 0),
             **extra,

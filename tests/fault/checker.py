@@ -38,7 +38,7 @@ from typing import Any
 from dynamo_node.client import ClientError, DynamoClient
 from dynamo_node.core.codec import decode_object
 from dynamo_node.core.ring import key_hash, partition_of
-from dynamo_node.net.transport_tcp import TcpTransport
+from dynamo_node.net.rpc_client import TcpTransport
 from dynamo_node.store.storage import storage_key
 from tests.fault.cluster import FaultCluster, peer_address
 from tests.fault.workloads import FAIL, OK, UNDOCUMENTED, UNKNOWN, History

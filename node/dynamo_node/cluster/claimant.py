@@ -9,22 +9,24 @@ it to every member at once. A commit is refused while an earlier one still trans
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING
 
+from dynamo_node.cluster.view import ClusterView
+from dynamo_node.core.config import NodeConfig
 from dynamo_node.core.errors import Conflict, NotFound, TooFewMembers
 from dynamo_node.core.membership import ClusterState, Member, Plan, PlanError, commit, plan
 from dynamo_node.net.discovery import fetch_status, split_hostport
-
-if TYPE_CHECKING:
-    from dynamo_node.node import Node
 
 LOOKUP_TIMEOUT_S = 5.0
 
 
 class Claimant:
-    def __init__(self, node: Node) -> None:
-        self.node = node
+    def __init__(self, view: ClusterView, config: NodeConfig, announce: Callable[[], None]) -> None:
+        self.view = view
+        self.config = config
+        #: send the new state to the members soon (never blocking on a down one)
+        self.announce = announce
         self.joins: list[str] = []
         self.leaves: list[str] = []
         self.removes: list[str] = []
@@ -33,7 +35,7 @@ class Claimant:
 
     async def stage_join(self, address: str) -> str:
         member = await self._member_at(address)
-        state = self.node.require_state()
+        state = self.view.require_state()
         if member.node in state.ring_nodes() and member.node not in self.leaves:
             raise Conflict(f"node {member.node} at {address} is already in the ring")
         if member.node in self.replaces.values():
@@ -45,18 +47,18 @@ class Claimant:
         return member.node
 
     async def _member_at(self, address: str) -> Member:
-        node = self.node
-        state = node.require_state()
+        view = self.view
+        state = view.require_state()
         split_hostport(address)
         member = next((m for m in state.members.values() if m.address == address), None)
         if member is None:
             member = await self._lookup(address)
-            node.set_state(state.with_member(member))
+            view.set_state(state.with_member(member))
         return member
 
     async def _lookup(self, address: str) -> Member:
         try:
-            info = await fetch_status(address, self.node.config, LOOKUP_TIMEOUT_S)
+            info = await fetch_status(address, self.config, LOOKUP_TIMEOUT_S)
             return Member(str(info["node"]), address, str(info["peer_address"]), "joining")
         except Exception as exc:
             raise NotFound(f"no dynamo node reachable at {address}: {exc}") from None
@@ -66,8 +68,8 @@ class Claimant:
         gossip, never joined) is forgotten at once. Returns "staged" or "forgotten".
         A leave that would leave fewer ring members than N is refused (TooFewMembers)
         unless `force`."""
-        node = self.node
-        state = node.require_state()
+        view = self.view
+        state = view.require_state()
         if node_id not in state.members:
             raise NotFound(f"unknown node {node_id!r}")
         if node_id in self.joins:
@@ -77,8 +79,8 @@ class Claimant:
             self._unstage(node_id)
             member = state.members[node_id]
             if member.status != "left":
-                node.set_state(state.with_member(replace(member, status="left")))
-                node.gossiper.push_soon()
+                view.set_state(state.with_member(replace(member, status="left")))
+                self.announce()
             return "forgotten"
         self._check_members(node_id, "the leave of", force)
         self._unstage(node_id)
@@ -101,14 +103,14 @@ class Claimant:
         nothing) taking exactly the partitions of ring member `old`, which is gone for
         good: they are rebuilt on `new` from the surviving replicas. Returns new's id."""
         self._check_gone(old, "replace")
-        state = self.node.require_state()
+        state = self.view.require_state()
         if ":" in new:
             member = await self._member_at(new)
         elif new in state.members:
             member = state.members[new]
         else:
             raise NotFound(f"unknown node {new!r}: give a running node's HOST:PORT")
-        if member.node in self.node.require_state().ring_nodes():
+        if member.node in self.view.require_state().ring_nodes():
             raise Conflict(f"node {member.node} is already in the ring")
         if member.node in self.joins or member.node in self.replaces.values():
             raise Conflict(f"node {member.node} is already staged to join or replace")
@@ -118,17 +120,17 @@ class Claimant:
 
     def _check_gone(self, node_id: str, verb: str) -> None:
         """`node_id` may be staged as gone for good: a ring member other than this node."""
-        state = self.node.require_state()
+        state = self.view.require_state()
         if node_id not in state.members:
             raise NotFound(f"unknown node {node_id!r}")
         if node_id not in state.ring_nodes():
             raise Conflict(f"node {node_id!r} owns nothing: nothing to {verb}")
-        if node_id == self.node.node_id:
+        if node_id == self.view.node_id:
             raise Conflict(f"a node cannot {verb} itself: ask another member")
 
     def members_after(self, taken_out: str) -> int:
         """Ring members once the staged changes and taking `taken_out` out are done."""
-        state = self.node.require_state()
+        state = self.view.require_state()
         current = list(state.ring.nodes())
         out = {*self.leaves, *self.removes, taken_out}
         swaps = {old: new for old, new in self.replaces.items() if old != taken_out}
@@ -139,7 +141,7 @@ class Claimant:
     def _check_members(self, node_id: str, what: str, force: bool) -> None:
         """Refuse taking `node_id` out when fewer than N ring members would be left
         (counting what is staged already), unless forced."""
-        n = self.node.require_state().n
+        n = self.view.require_state().n
         after = self.members_after(node_id)
         if after >= n or force:
             return
@@ -172,7 +174,7 @@ class Claimant:
             return None
         try:
             return plan(
-                self.node.require_state(), self.joins, self.leaves, self.removes, self.replaces
+                self.view.require_state(), self.joins, self.leaves, self.removes, self.replaces
             )
         except PlanError as exc:
             raise Conflict(str(exc)) from None
@@ -181,10 +183,10 @@ class Claimant:
         staged = self.current_plan()
         if staged is None:
             raise Conflict("nothing is staged: stage a join, leave, force-remove or replace first")
-        new = commit(self.node.require_state(), staged, self.node.node_id)
-        self.node.set_state(new)
+        new = commit(self.view.require_state(), staged, self.view.node_id)
+        self.view.set_state(new)
         self.clear()
-        self.node.gossiper.push_soon()  # never block the admin call on a down member
+        self.announce()  # never block the admin call on a down member
         return new
 
     def clear(self) -> None:

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 from dynamo_node.core.codec import CodecError, clock_to_wire, decode_object, encode_object
 from dynamo_node.core.config import NodeConfig
 from dynamo_node.core.errors import WRITE_REFUSALS, PeerError, QuorumNotMet, StorageCorrupt
+from dynamo_node.core.placement import Placement
 from dynamo_node.core.quorum import effective
 from dynamo_node.core.vclock import VClock
 from dynamo_node.core.versions import Object, sync, sync_all
@@ -35,22 +36,6 @@ from dynamo_node.store.hints import HintStore
 from dynamo_node.store.storage import skey_hash
 
 log = logging.getLogger("dynamo.coordinator")
-
-
-@dataclass(frozen=True, slots=True)
-class Placement:
-    """Where a key lives right now, as this node sees the cluster."""
-
-    #: distinct nodes of the key's preference list (N, or fewer in a small cluster)
-    n: int
-    #: sloppy targets: (node, None) for a live replica, (fallback, replica) when down
-    targets: tuple[tuple[str, str | None], ...]
-    #: nodes receiving the partition in a transfer: they get writes too
-    pending: tuple[str, ...] = ()
-    #: further live nodes of the walk, in order, for replicas that fail mid-request
-    fallbacks: tuple[str, ...] = ()
-    #: down replicas no live node could stand in for: the coordinator keeps their hints
-    unplaced: tuple[str, ...] = ()
 
 
 class View(Protocol):

@@ -1,6 +1,6 @@
 """Refilling a replacement: a ring member that came back with an empty data directory.
 
-Such a node (`Node.replacing`) counts towards no quorum: it answers no replica read,
+Such a node (`ClusterView.replacing`) counts towards no quorum: it answers no replica read,
 and every node's placement treats it as down, so reads and writes use the other
 replicas and fallbacks (with hints) meanwhile. This loop pulls each partition it
 replicates from every other replica of that partition, with the anti-entropy exchange
@@ -16,10 +16,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import Any
 
-if TYPE_CHECKING:
-    from dynamo_node.node import Node
+from dynamo_node.cluster.view import ClusterView
+
+#: an anti-entropy exchange of one partition with one peer: the keys it repaired
+Exchange = Callable[[int, str], Awaitable[int]]
 
 log = logging.getLogger("dynamo.refill")
 
@@ -28,18 +31,21 @@ POLL_S = 0.5
 
 
 class Refill:
-    def __init__(self, node: Node) -> None:
-        self.node = node
+    def __init__(self, view: ClusterView, exchange: Exchange, announce: Callable[[], None]) -> None:
+        self.view = view
+        self.exchange = exchange
+        #: send the state to the members soon (once this node serves again)
+        self.announce = announce
         self.started: float | None = None
         self.keys_repaired = 0
         #: partitions that wait for a down (or replacing) replica, with its name
         self.waiting: dict[int, str] = {}
 
     def progress(self) -> dict[str, Any]:
-        node = self.node
-        total = len(node.state.replicas_of(node.node_id)) if node.state else 0
+        view = self.view
+        total = len(view.state.replicas_of(view.node_id)) if view.state else 0
         return {
-            "partitions_done": len(node.refill_done),
+            "partitions_done": len(view.refill_done),
             "partitions_total": total,
             "keys_repaired": self.keys_repaired,
             "waiting_for": sorted(set(self.waiting.values())),
@@ -48,7 +54,7 @@ class Refill:
     async def run(self) -> None:
         while True:
             await asyncio.sleep(POLL_S)
-            if not self.node.replacing or self.node.state is None:
+            if not self.view.replacing or self.view.state is None:
                 continue
             try:
                 await self.pass_once()
@@ -56,9 +62,9 @@ class Refill:
                 log.exception("refill pass failed; retrying")
 
     async def pass_once(self) -> None:
-        node = self.node
-        state = node.require_state()
-        me = node.node_id
+        view = self.view
+        state = view.require_state()
+        me = view.node_id
         if self.started is None:
             self.started = time.monotonic()
             log.info(
@@ -68,14 +74,14 @@ class Refill:
             )
         self.waiting.clear()
         for p in state.replicas_of(me):
-            if p in node.refill_done:
+            if p in view.refill_done:
                 continue
             others = [r for r in state.preference_list(p) if r != me]
             blocked = next(
                 (
                     r
                     for r in others
-                    if not node.is_up(r) or (r in state.members and state.members[r].replacing)
+                    if not view.is_up(r) or (r in state.members and state.members[r].replacing)
                 ),
                 None,
             )
@@ -83,15 +89,16 @@ class Refill:
                 self.waiting[p] = blocked
                 continue
             for peer in others:
-                self.keys_repaired += await node.anti_entropy.exchange(p, peer)
-            node.partition_refilled(p)
+                self.keys_repaired += await self.exchange(p, peer)
+            view.partition_refilled(p)
             await asyncio.sleep(0)
-        if not self.waiting and all(p in node.refill_done for p in state.replicas_of(me)):
+        if not self.waiting and all(p in view.refill_done for p in state.replicas_of(me)):
             elapsed = time.monotonic() - self.started
             log.info(
                 "refilled %d partitions (%d keys) in %.1f s: counting towards quorums again",
-                len(node.refill_done),
+                len(view.refill_done),
                 self.keys_repaired,
                 elapsed,
             )
-            node.finish_replacing()
+            view.finish_replacing()
+            self.announce()

@@ -8,8 +8,8 @@ creation) and a versioned `Ring` maps every partition to the node that owns it.
 - `Ring`: who owns what; preference lists and the full fallback walk of a partition.
 - `claim`: placement. Given the old ring and the new member list, the next ring.
 - `transfers`: the partition moves between two rings (what handoff must stream).
-- `sloppy_targets`: the sloppy-quorum replica set of a partition *given* liveness
-  (riak_core_apl's `get_apl_ann`); liveness is an argument, never looked up here.
+The sloppy-quorum targets of a key given liveness (riak_core_apl's `get_apl_ann`) are
+`core.placement`'s.
 
 Invariants:
 - `len(ring.owners) == ring.partitions`, a power of two >= 1; every owner is a non-empty
@@ -20,7 +20,6 @@ Invariants:
 - `claim` is deterministic and balanced (per-node counts differ by at most one), and moves
   the fewest partitions any balanced ring could: a surviving node gives partitions away
   only if it holds more than its share, and only nodes below their share receive.
-- `sloppy_targets` never names a node that is not up, and every hint names a down primary.
 
 No I/O, no clock, no randomness: ties are broken by partition id, then node id.
 """
@@ -30,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-from collections.abc import Container, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 HASH_BITS = 64
@@ -443,25 +442,3 @@ def transfers(old: Ring, new: Ring) -> list[tuple[int, str, str]]:
         for p, (before, after) in enumerate(zip(old.owners, new.owners, strict=True))
         if before != after
     ]
-
-
-def sloppy_targets(ring: Ring, p: int, n: int, up: Container[str]) -> list[tuple[str, str | None]]:
-    """Where the N replicas of partition `p` go now, given which nodes are `up`.
-
-    For each primary in preference order: `(primary, None)` if it is up, else
-    `(fallback, primary)` with the next up node of `walk(p)` beyond the primaries that is
-    not yet chosen (the hint names the primary it stands in for); a down primary with no
-    fallback left is omitted. At most N targets, all distinct and up.
-    """
-    primaries = ring.preference_list(p, n)
-    order = ring.walk(p)
-    fallbacks = iter(node for node in order[len(primaries) :] if node in up)
-    targets: list[tuple[str, str | None]] = []
-    for primary in primaries:
-        if primary in up:
-            targets.append((primary, None))
-            continue
-        fallback = next(fallbacks, None)
-        if fallback is not None:
-            targets.append((fallback, primary))
-    return targets

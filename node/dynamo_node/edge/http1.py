@@ -20,8 +20,8 @@ protocol stays the transport's protocol and passes aiohttp only whole, checked h
 (an absolute-form target rewritten to its path) and the bodies framed as checked, so
 the same rules and limits hold on both paths; a bad head later on a relayed connection
 is answered, in order, by aiohttp for us (a request carrying REFUSE_HEADER, which no
-client may send). Both paths share the auth check, the concurrency limit, the metrics
-and the error bodies (`kvapi`).
+client may send). Both paths share the auth check and the concurrency limit (`auth`),
+the metrics and the error bodies (`kvapi`).
 
 Limits, the same on both paths (aiohttp's own defaults): a request line of at most
 MAX_LINE bytes (else 414), header fields of at most MAX_FIELD bytes each and at most
@@ -54,12 +54,11 @@ from http import HTTPStatus
 from typing import Any, cast
 
 from dynamo_node.core.errors import DynamoError, PayloadTooLarge, Unavailable
+from dynamo_node.edge.auth import Admission, Authorizer
 from dynamo_node.edge.kvapi import (
     CONTEXT_HEADER,
     KV_PREFIX,
     KV_ROUTE_NAME,
-    Admission,
-    Authorizer,
     KvApi,
     Reply,
     error_reply,

@@ -4,15 +4,15 @@ Both HTTP edges call it: the lean HTTP/1.1 server (`http1`) that serves the data
 and the aiohttp application (`web`) for the requests it hands over. Input is what the
 request line and headers carry (raw path, query string, context header, content type,
 body); output is a `Reply` (status, headers, body) or a `DynamoError`, which
-`error_reply` turns into the JSON error body every route answers with. Also here, so
-both edges share them: the token check (`authorize`) and the concurrency limit
-(`Admission`).
+`error_reply` turns into the JSON error body every route answers with (`Reply`,
+`json_reply` and `error_reply` serve both edges' other routes too). `KvApi` reaches the
+node through a `ports.KvPort` only. The token check and the concurrency limit that run
+before it are in `auth`.
 """
 
 from __future__ import annotations
 
 import base64
-import hmac
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -21,14 +21,13 @@ from urllib.parse import parse_qsl, unquote_to_bytes
 from dynamo_node.core.context import ContextCodec
 from dynamo_node.core.errors import (
     DynamoError,
-    Forbidden,
     InvalidKey,
     InvalidParameter,
     QuorumNotMet,
     Unauthorized,
 )
 from dynamo_node.core.quorum import parse_quorum, parse_timeout_ms
-from dynamo_node.node import Node
+from dynamo_node.edge.ports import KvPort
 from dynamo_node.store.storage import storage_key
 
 CONTEXT_HEADER = "X-Dynamo-Context"
@@ -62,69 +61,6 @@ def error_reply(exc: DynamoError) -> Reply:
             body["maybe_applied"] = True
     headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
     return json_reply(exc.status, {"error": body}, headers)
-
-
-# --- request checks shared by both edges ------------------------------------------------
-def scope_of(path: str) -> str:
-    """Which token a path needs: "client" (kv), "admin", or "open" (health, docs)."""
-    if path.startswith("/v1/kv/") or path == "/v1/kv":
-        return "client"
-    if path.startswith("/v1/admin"):
-        return "admin"
-    return "open"
-
-
-class Authorizer:
-    """Bearer tokens (docs/operations.md, Authentication): the client token may use the
-    kv API, the cluster token everything; with neither configured, auth is off."""
-
-    def __init__(self, client_token: str, cluster_token: str) -> None:
-        self._client = client_token.encode()
-        self._cluster = cluster_token.encode()
-        self.enabled = bool(self._client or self._cluster)
-
-    def check(self, scope: str, authorization: str | None) -> None:
-        if scope == "open":
-            return
-        header = authorization or ""
-        try:
-            # a header's bytes beyond ASCII come as latin-1 (http1) or with surrogate
-            # escapes (aiohttp): never a token, and never an error
-            token = header[7:].strip().encode() if header[:7].lower() == "bearer " else b""
-        except UnicodeEncodeError:
-            raise Unauthorized("invalid token") from None
-        if not token:
-            raise Unauthorized("missing bearer token")
-        is_cluster = bool(self._cluster) and hmac.compare_digest(token, self._cluster)
-        is_client = bool(self._client) and hmac.compare_digest(token, self._client)
-        if scope == "admin":
-            if is_cluster:
-                return
-            if is_client:
-                raise Forbidden("this token may not call the admin API")
-            raise Unauthorized("invalid token")
-        if not (is_cluster or is_client):
-            raise Unauthorized("invalid token")
-
-
-class Admission:
-    """At most `limit` requests in progress on this node; beyond that a 503 at once
-    (a counter is enough: both edges run on the one event loop)."""
-
-    __slots__ = ("in_flight", "limit")
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.in_flight = 0
-
-    def try_enter(self) -> bool:
-        if self.in_flight >= self.limit:
-            return False
-        self.in_flight += 1
-        return True
-
-    def leave(self) -> None:
-        self.in_flight -= 1
 
 
 # --- the API ------------------------------------------------------------------------------
@@ -182,7 +118,7 @@ def parse_query(query: str, allowed: frozenset[str]) -> dict[str, str]:
 
 
 class KvApi:
-    def __init__(self, node: Node, codec: ContextCodec) -> None:
+    def __init__(self, node: KvPort, codec: ContextCodec) -> None:
         self.node = node
         self.codec = codec
         self.config = node.config

@@ -26,28 +26,26 @@ from dynamo_node.core.errors import (
     PayloadTooLarge,
     Unavailable,
 )
+from dynamo_node.edge.auth import Admission, Authorizer, scope_of
 from dynamo_node.edge.http1 import REFUSE_HEADER, refusal
 from dynamo_node.edge.kvapi import (
     CONTEXT_HEADER,
     KV_PREFIX,
-    Admission,
-    Authorizer,
     KvApi,
     Reply,
     error_reply,
     json_reply,
-    scope_of,
 )
 from dynamo_node.edge.metrics import Metrics
 from dynamo_node.edge.openapi import openapi_document
-from dynamo_node.node import Node
+from dynamo_node.edge.ports import AdminPort, AppPort
 
 log = logging.getLogger("dynamo.web")
 
 #: any character, newlines included (keys are arbitrary UTF-8; parsed from the raw path)
 KV_ROUTE = "/v1/kv/{key:[\\s\\S]+}"
 
-NODE_KEY = web.AppKey("node", Node)
+NODE_KEY = web.AppKey[AppPort]("node")
 METRICS_KEY = web.AppKey("metrics", Metrics)
 API_KEY = web.AppKey("kv-api", KvApi)
 AUTH_KEY = web.AppKey("auth", Authorizer)
@@ -224,7 +222,7 @@ def _force(body: dict[str, Any]) -> bool:
 
 
 class AdminHandlers:
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: AdminPort) -> None:
         self.node = node
 
     async def status(self, request: web.Request) -> web.Response:
@@ -306,7 +304,7 @@ class AdminHandlers:
 
 
 # --- health, metrics, docs ----------------------------------------------------------------
-def build_app(node: Node, metrics: Metrics | None = None) -> web.Application:
+def build_app(node: AppPort, metrics: Metrics | None = None) -> web.Application:
     """The application; the objects the lean server shares with it are in its keys."""
     metrics = metrics or Metrics()
     config = node.config

@@ -2,7 +2,7 @@
 
 A call names a peer by node id, a method and msgpack-able arguments, and either returns
 the peer's result or raises `PeerError` (refused, reset, timed out, or failed remotely).
-`transport_tcp.TcpTransport` is the real one; `MemoryTransport` connects handlers in one
+`rpc_client.TcpTransport` is the real one; `MemoryTransport` connects handlers in one
 process, with switchable failures and delays, so the coordinator is tested without
 sockets (tests/node/cluster/test_coordinator.py).
 """

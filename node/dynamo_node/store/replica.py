@@ -31,7 +31,7 @@ from dynamo_node.core.errors import ObjectTooLarge, TooManySiblings
 from dynamo_node.core.vclock import Dot, VClock
 from dynamo_node.core.versions import Object, next_counter, sync, update
 from dynamo_node.store.durability import GroupCommit
-from dynamo_node.store.storage import Family, Op, Storage
+from dynamo_node.store.storage import Family, Op, Storage, partition_keys
 
 log = logging.getLogger("dynamo.replica")
 
@@ -287,6 +287,20 @@ class Replica:
         if raw is None:
             return
         self._write([(Family.OBJECTS, skey, None)], skey, raw, None)
+
+    def drop_partition(self, p: int, partitions: int) -> bool:
+        """Drop every object of partition p (of `partitions`), after it moved away: one
+        seek to find whether its key range holds anything (a range already empty costs
+        no range tombstone and no compaction), then one range delete of it
+        (`Storage.delete_range`: O(1) here, the space reclaimed by a compaction in the
+        background). The change listeners are not told (no key-by-key work): the
+        caller forgets what it derived from the partition. Returns whether it held data."""
+        start, end = partition_keys(p, partitions)
+        if not self.storage.scan(Family.OBJECTS, start, end, 1):
+            return False
+        self.storage.delete_range(Family.OBJECTS, start, end)
+        self.commit.issued()
+        return True
 
     def _write(self, ops: list[Op], skey: bytes, old: bytes | None, new: bytes | None) -> None:
         self.storage.write(ops)

@@ -82,7 +82,7 @@ async def test_staged_joins_count(three: tuple[Net, list[Node]]) -> None:
     _, nodes = three
     node = nodes[0]
     newcomer = Member("m9", "127.0.0.1:7999", "127.0.0.1:17999", "joining")
-    node.set_state(node.require_state().with_member(newcomer))
+    node.view.set_state(node.require_state().with_member(newcomer))
     claimant = node.claimant
     claimant.joins.append("m9")  # what stage_join does for a running node
     assert claimant.members_after("m2") == 3

@@ -44,7 +44,7 @@ async def make_cluster(count: int, **cfg: object) -> tuple[Net, list[Node]]:
     for i in range(count):
         config = NodeConfig(data_dir="", port=7000 + i, node_id=f"m{i}", partitions=16, **settings)  # type: ignore[arg-type]
         node = Node(config, MemoryStorage(), net.factory, serve_peers=False)
-        net.registry[node.node_id] = node.handle_peer
+        net.registry[node.node_id] = node.peers.handle
         nodes.append(node)
     # one founding state with every node in the ring, given to all (no gossip needed)
     state = ClusterState.founding("test", nodes[0].member, 16, 3)
@@ -56,10 +56,10 @@ async def make_cluster(count: int, **cfg: object) -> tuple[Net, list[Node]]:
         state = state.with_done(t.partition, t.target)
     state = state.settle()
     for node in nodes:
-        node.state = state
+        node.view.state = state
         await node.start()
         for other in nodes:
-            node.detector.heard(other.node_id, time.monotonic())
+            node.view.detector.heard(other.node_id, time.monotonic())
     return net, nodes
 
 
@@ -92,7 +92,7 @@ async def test_down_replica_gets_hint_and_quorum_rules(three: tuple[Net, list[No
     # the replica comes back: hints are delivered, then it alone serves both versions
     net.down.discard("m2")
     for node in nodes:
-        await node.hints.deliver_once(node._deliver_hint, lambda _n: True)
+        await node.hints.deliver_once(node.hint_delivery.deliver, lambda _n: True)
     assert sum(n.hints.pending for n in nodes) == 0
     assert sorted(s.value for s in nodes[2].replica.read(key).visible()) == [b"v", b"w"]
 
@@ -119,7 +119,7 @@ async def test_read_repair_fixes_stale_replica(three: tuple[Net, list[Node]]) ->
         for hk, _ in node.storage.scan(Family.HINTS):
             node.storage.write([(Family.HINTS, hk, None)])
     assert nodes[2].replica.read(key).empty
-    nodes[0].detector.heard("m2", time.monotonic())
+    nodes[0].view.detector.heard("m2", time.monotonic())
     obj = await nodes[0].coordinator.get(key, 2, 1000)
     assert [s.value for s in obj.visible()] == [b"new"]
     deadline = time.monotonic() + 5
@@ -204,7 +204,7 @@ async def test_a_corrupt_local_replica_counts_as_not_answering(
     def damaged(_skey: bytes) -> bytes | None:
         raise StorageCorrupt("Corruption: block checksum mismatch in 000009.sst")
 
-    nodes[0].read_encoded = damaged  # type: ignore[method-assign]
+    nodes[0].local.read_encoded = damaged  # type: ignore[method-assign]
     obj = await nodes[0].coordinator.get(key, 2, 1000)
     assert [s.value for s in obj.visible()] == [b"v"]
     with pytest.raises(QuorumNotMet):

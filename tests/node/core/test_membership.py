@@ -415,7 +415,7 @@ def test_gossip_converges_on_one_state(seen: list[ClusterState]) -> None:
 
 
 def test_merge_is_associative_when_a_leaving_node_changes_address() -> None:
-    """A leaving node announces a new address (as Node.set_state does after a pod got a
+    """A leaving node announces a new address (as ClusterView.set_state does after a pod got a
     new IP) while the partitions it hands off complete on two other nodes. Every order of
     merging these three states must give the same state."""
     state = joined("b", "c", "d", "e")

@@ -20,7 +20,6 @@ from dynamo_node.core.ring import (
     key_hash,
     partition_of,
     partition_range,
-    sloppy_targets,
     transfers,
 )
 
@@ -382,53 +381,3 @@ def test_transfers_turn_the_old_ring_into_the_new(old: Ring, new: Ring) -> None:
 def test_transfers_need_equal_partition_counts() -> None:
     with pytest.raises(ValueError):
         transfers(Ring.single("a", 8), Ring.single("a", 16))
-
-
-# -- sloppy quorum ------------------------------------------------------------------
-
-
-def test_sloppy_targets_example() -> None:
-    ring = Ring(1, ("a", "b", "c", "d", "e", "a", "b", "c"))
-    assert sloppy_targets(ring, 0, 3, {"a", "b", "c", "d", "e"}) == [
-        ("a", None),
-        ("b", None),
-        ("c", None),
-    ]
-    assert sloppy_targets(ring, 0, 3, {"a", "c", "d", "e"}) == [
-        ("a", None),
-        ("d", "b"),
-        ("c", None),
-    ]
-    assert sloppy_targets(ring, 0, 3, {"c", "e"}) == [("e", "a"), ("c", None)]
-    assert sloppy_targets(ring, 0, 3, set()) == []
-
-
-@given(rings(max_nodes=10), st.data())
-@examples(150)
-def test_sloppy_targets(ring: Ring, data: st.DataObject) -> None:
-    p = data.draw(st.integers(0, ring.partitions - 1))
-    n = data.draw(st.integers(1, 5))
-    nodes = list(ring.nodes())
-    down = set(data.draw(st.lists(st.sampled_from(nodes), unique=True)))
-    up = set(nodes) - down
-    primaries = ring.preference_list(p, n)
-    targets = sloppy_targets(ring, p, n, up)
-
-    chosen = [node for node, _ in targets]
-    hints = [hint for _, hint in targets if hint is not None]
-    assert len(targets) <= n
-    assert len(set(chosen)) == len(chosen)
-    assert set(chosen) <= up
-    assert set(hints) <= down & set(primaries)
-    assert len(set(hints)) == len(hints)
-    for node, hint in targets:
-        assert (hint is None) == (node in primaries)
-    assert [node for node, hint in targets if hint is None] == [q for q in primaries if q in up]
-    # fallbacks are the first up nodes after the primaries in the walk
-    spare = [node for node in ring.walk(p)[len(primaries) :] if node in up]
-    down_primaries = [q for q in primaries if q in down]
-    assert [node for node, hint in targets if hint] == spare[: len(down_primaries)]
-    assert hints == down_primaries[: len(hints)]
-    assert len(targets) == len(primaries) - len(down_primaries) + min(
-        len(down_primaries), len(spare)
-    )

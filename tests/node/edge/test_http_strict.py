@@ -18,6 +18,7 @@ import h11
 import pytest
 
 from dynamo_node.core.errors import Unauthorized
+from dynamo_node.edge.auth import Authorizer
 from dynamo_node.edge.http1 import (
     MAX_FIELD,
     MAX_HEADERS,
@@ -29,7 +30,7 @@ from dynamo_node.edge.http1 import (
     parse_head,
     render,
 )
-from dynamo_node.edge.kvapi import Authorizer, Reply
+from dynamo_node.edge.kvapi import Reply
 from dynamo_node.host.fdbudget import PEER_SHARE, RESERVE, Budget
 from tests.harness import Cluster, NodeProc, cluster, wait_for
 

@@ -1,5 +1,6 @@
-"""kvapi: the parts both HTTP edges share (key and query parsing, tokens, admission,
-error bodies). The API itself is exercised over HTTP in test_web and test_http1."""
+"""kvapi: the parts both HTTP edges share (key and query parsing, error bodies). The API
+itself is exercised over HTTP in test_web and test_http1; tokens and admission are in
+test_auth."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import pytest
 
 from dynamo_node.core.errors import (
     MAYBE_APPLIED,
-    Forbidden,
     InvalidKey,
     InvalidParameter,
     QuorumNotMet,
@@ -18,13 +18,10 @@ from dynamo_node.core.errors import (
 from dynamo_node.edge.kvapi import (
     READ_PARAMETERS,
     WRITE_PARAMETERS,
-    Admission,
-    Authorizer,
     error_reply,
     parse_key,
     parse_query,
     query_value,
-    scope_of,
 )
 
 
@@ -54,35 +51,6 @@ def test_query_value_takes_the_first_and_decodes() -> None:
     assert query_value("r=", "r") == ""
     assert query_value("w=1", "r") is None
     assert query_value("", "r") is None
-
-
-def test_scopes() -> None:
-    assert scope_of("/v1/kv/x") == "client"
-    assert scope_of("/v1/admin/status") == "admin"
-    assert scope_of("/healthz") == scope_of("/metrics") == "open"
-
-
-def test_authorizer_scopes_the_two_tokens() -> None:
-    auth = Authorizer("client-secret", "cluster-secret")
-    assert auth.enabled
-    auth.check("client", "Bearer client-secret")
-    auth.check("client", "bearer cluster-secret")
-    auth.check("admin", "Bearer cluster-secret")
-    auth.check("open", None)
-    with pytest.raises(Forbidden):
-        auth.check("admin", "Bearer client-secret")
-    for header in (None, "", "Basic x", "Bearer", "Bearer wrong"):
-        with pytest.raises(Unauthorized):
-            auth.check("client", header)
-    assert not Authorizer("", "").enabled
-
-
-def test_admission_counts_requests_in_progress() -> None:
-    limit = Admission(2)
-    assert limit.try_enter() and limit.try_enter()
-    assert not limit.try_enter() and limit.in_flight == 2
-    limit.leave()
-    assert limit.try_enter() and limit.in_flight == 2
 
 
 def test_error_reply_bodies() -> None:

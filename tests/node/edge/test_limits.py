@@ -97,7 +97,7 @@ async def test_a_forwarded_write_is_refused_with_the_replicas_reason() -> None:
         key = next(
             k
             for k in (storage_key(f"key-{i}") for i in range(1000))
-            if "m3" not in [t for t, _ in nodes[3].placement(int.from_bytes(k[:8])).targets]
+            if "m3" not in [t for t, _ in nodes[3].view.placement(int.from_bytes(k[:8])).targets]
         )
         for _ in range(MAX):
             await blind(nodes[3], key)
@@ -129,11 +129,11 @@ async def test_replication_and_hints_are_never_refused(small: tuple[Net, list[No
     _, nodes = small
     key = storage_key("merged")
     many = Object.of(Sibling(Dot(f"actor-{i}", 1), VClock(), b"x", "", i) for i in range(3 * MAX))
-    nodes[0].merge(key, many, None)  # replication
+    nodes[0].local.merge(key, many, None)  # replication
     assert stored(nodes, key)[0] == 3 * MAX
-    nodes[1].merge(key, many, "m2")  # a hint held for m2
+    nodes[1].local.merge(key, many, "m2")  # a hint held for m2
     assert nodes[1].hints.pending == 1
-    await nodes[1].hints.deliver_once(nodes[1]._deliver_hint, lambda _n: True)
+    await nodes[1].hints.deliver_once(nodes[1].hint_delivery.deliver, lambda _n: True)
     assert stored(nodes, key)[2] == 3 * MAX
     assert sum(n.replica.stats.siblings_refused for n in nodes) == 0
 
@@ -145,10 +145,10 @@ async def test_a_write_coordinated_on_a_fallback_is_refused_too(
     _, nodes = small
     key = storage_key("fallback")
     for _ in range(MAX):
-        nodes[0].put(key, VClock(), b"v", "", "m2")
+        nodes[0].local.put(key, VClock(), b"v", "", "m2")
     assert len(nodes[0].hints.read(key, "m2").siblings) == MAX
     with pytest.raises(TooManySiblings):
-        nodes[0].put(key, VClock(), b"v", "", "m2")
+        nodes[0].local.put(key, VClock(), b"v", "", "m2")
     assert len(nodes[0].hints.read(key, "m2").siblings) == MAX
 
 
@@ -190,7 +190,7 @@ async def test_a_write_no_replica_could_take_is_not_maybe_applied() -> None:
     net, nodes = await make_cluster(3)
     try:
         for node in ("m1", "m2"):
-            nodes[0].detector.unreachable(node)
+            nodes[0].view.detector.unreachable(node)
         storage = nodes[0].storage
         assert isinstance(storage, MemoryStorage)
         storage.failed = OSError("disk full")  # this node's own replica does not serve
@@ -251,7 +251,7 @@ async def test_status_shows_the_effective_replication(
         e = status["effective"]
         assert (e["n"], e["r"], e["w"]) == effective
         # what the coordinator really uses
-        placement = nodes[0].placement(0)
+        placement = nodes[0].view.placement(0)
         assert placement.n == e["n"]
     finally:
         for node in nodes:

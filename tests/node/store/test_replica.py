@@ -6,12 +6,13 @@ import pytest
 
 from dynamo_node.core.codec import decode_object, encode_object
 from dynamo_node.core.config import NodeConfig
+from dynamo_node.core.ring import key_hash, partition_of
 from dynamo_node.core.vclock import Dot, VClock
 from dynamo_node.core.versions import Object, update
 from dynamo_node.store import replica as replica_mod
 from dynamo_node.store.durability import GroupCommit
 from dynamo_node.store.replica import COUNTER_KEY, Replica
-from dynamo_node.store.storage import Family, MemoryStorage, storage_key
+from dynamo_node.store.storage import Family, MemoryStorage, partition_keys, storage_key
 
 ACTOR = "node-a"
 CONFIG = NodeConfig(data_dir="/nonexistent")
@@ -306,3 +307,29 @@ def test_put_over_one_covered_version_counts_past_its_clock(storage: MemoryStora
     # a context that does not cover the stored version keeps it as a sibling
     blind = r.apply_put(key, VClock(), b"blind", "t")
     assert sorted(s.dot for s in blind.siblings) == [Dot(ACTOR, 52), Dot(ACTOR, 53)]
+
+
+# --- dropping a partition ------------------------------------------------------------------
+
+
+def test_drop_partition_deletes_that_partition_only(storage: MemoryStorage) -> None:
+    q, p = 8, 3
+    r = make(storage)
+    by_partition: dict[int, list[bytes]] = {i: [] for i in range(q)}
+    for i in range(400):
+        key = f"key{i}"
+        skey = storage_key(key)
+        by_partition[partition_of(key_hash(key.encode()), q)].append(skey)
+        r.apply_put(skey, VClock(), b"v", "text/plain")
+    assert all(by_partition[i] for i in (p - 1, p, p + 1))
+
+    def held(i: int) -> int:
+        return len(storage.scan(Family.OBJECTS, *partition_keys(i, q)))
+
+    assert r.drop_partition(p, q)
+    assert held(p) == 0 and all(r.read_encoded(k) is None for k in by_partition[p])
+    for i in range(q):
+        if i != p:  # the neighbours (and the rest) untouched
+            assert held(i) == len(by_partition[i]), i
+    assert storage.get(Family.META, COUNTER_KEY) is not None
+    assert not r.drop_partition(p, q)  # empty now: nothing to drop

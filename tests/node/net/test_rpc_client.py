@@ -1,49 +1,26 @@
-"""The node-to-node protocol: calls, timeouts, auth, and fuzzing of its frame decoder
-(garbage from the network closes that connection, never the server)."""
+"""The node-to-node protocol through its client: calls, timeouts, auth, batches, and
+fuzzing of the server's frame decoder (garbage from the network closes that connection,
+never the server)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
-import struct
 from collections.abc import AsyncIterator
 from typing import Any
 
-import msgpack
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dynamo_node.core.errors import InvalidRequest, PeerError
+from dynamo_node.net.framing import BATCH_BYTES
+from dynamo_node.net.rpc_client import TcpTransport
+from dynamo_node.net.rpc_server import RpcServer
 from dynamo_node.net.transport import RemoteError
-from dynamo_node.net.transport_tcp import (
-    BATCH,
-    BATCH_BYTES,
-    HELLO_MAX_FRAME,
-    RpcServer,
-    TcpTransport,
-    _Framer,
-    _Output,
-)
 from tests.harness import free_port
-
-TOKEN = "cluster-secret"
-
-
-async def _echo(method: str, args: Any, caller: str) -> Any:
-    if method == "echo":
-        return [caller, args]
-    if method == "slow":
-        await asyncio.sleep(5)
-    raise InvalidRequest(f"unknown method {method}")
-
-
-async def _server() -> tuple[RpcServer, int]:
-    server = RpcServer(_echo, TOKEN)
-    port = free_port()
-    await server.start("127.0.0.1", port)
-    return server, port
+from tests.node.net.test_framing import _frame
+from tests.node.net.test_rpc_server import TOKEN, _echo, _server
 
 
 async def test_calls_errors_and_timeouts() -> None:
@@ -106,51 +83,6 @@ async def test_a_wrong_token_is_refused() -> None:
         await server.stop()
 
 
-@settings(max_examples=300, deadline=None)
-@given(st.binary(max_size=512))
-def test_the_framer_raises_only_value_errors_on_garbage(data: bytes) -> None:
-    framer = _Framer()
-    try:
-        frames = framer.feed(data)
-    except Exception as exc:
-        assert isinstance(exc, ValueError) or type(exc).__module__.startswith("msgpack"), exc
-    else:
-        assert isinstance(frames, list)
-
-
-def _frame(obj: Any) -> bytes:
-    body = msgpack.packb(obj, use_bin_type=True)
-    return struct.pack(">I", len(body)) + body
-
-
-@settings(max_examples=200, deadline=None)
-@given(
-    st.lists(st.lists(st.binary(max_size=300) | st.integers(0, 2**32), max_size=4), max_size=8),
-    st.lists(st.integers(0, 4000), max_size=12),
-)
-def test_the_framer_reassembles_frames_however_the_stream_is_cut(
-    messages: list[list[Any]], cuts: list[int]
-) -> None:
-    stream = b"".join(_frame(m) for m in messages)
-    points = sorted({c % (len(stream) + 1) for c in cuts} | {0, len(stream)})
-    framer = _Framer()
-    got: list[Any] = []
-    for a, b in itertools.pairwise(points):
-        got += framer.feed(stream[a:b])
-    assert got == messages
-    assert framer.feed(b"") == []
-
-
-def test_a_large_frame_arriving_in_small_chunks() -> None:
-    big = [b"x" * 1_000_000, 7]
-    stream = _frame(big) + _frame("next")
-    framer = _Framer()
-    got: list[Any] = []
-    for i in range(0, len(stream), 1000):
-        got += framer.feed(stream[i : i + 1000])
-    assert got == [big, "next"]
-
-
 garbage = st.one_of(
     st.binary(min_size=1, max_size=256),
     # batch frames with arbitrary contents
@@ -201,32 +133,6 @@ def test_garbage_never_kills_the_server(chunks: list[bytes], after_hello: bool) 
             await server.stop()
 
     asyncio.run(scenario())
-
-
-class _Recorder:
-    def __init__(self, events: list[object]) -> None:
-        self.events = events
-
-    def write(self, data: bytes) -> None:
-        self.events.append(data)
-
-    def is_closing(self) -> bool:
-        return False
-
-
-async def test_frames_of_one_loop_iteration_leave_in_one_write_after_the_hook() -> None:
-    events: list[object] = []
-    out = _Output(asyncio.get_running_loop(), before=lambda: events.append("before"))
-    out.transport = _Recorder(events)  # type: ignore[assignment]
-    for frame in (b"a", b"b", b"c"):
-        out.add(frame)
-    assert events == []  # nothing written while the iteration runs
-    await asyncio.sleep(0)
-    # the node applies its grouped writes in `before`: replies never precede them
-    assert events == ["before", b"abc"]
-    out.add(b"d")
-    await asyncio.sleep(0)
-    assert events == ["before", b"abc", "before", b"d"]
 
 
 # --- batches -----------------------------------------------------------------------
@@ -365,96 +271,4 @@ async def test_an_older_server_gets_posted_calls_one_frame_each() -> None:
         assert got == {i: (["me", i], None) for i in range(5)}
     finally:
         await client.close()
-        await server.stop()
-
-
-async def test_a_malformed_batch_is_refused_and_the_connection_kept() -> None:
-    server, port = await _server()
-    try:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        framer = _Framer()
-
-        async def frame() -> Any:
-            while True:
-                got = framer.feed(await asyncio.wait_for(reader.read(65536), 5))
-                if got:
-                    assert len(got) == 1
-                    return got[0]
-
-        writer.write(_frame([0, "hello", [TOKEN, "raw"]]))
-        assert await frame() == [0, 0, ["ok", [BATCH]]]
-        for i, bad in enumerate(([], "echo", ["echo", "x"], [BATCH, []], [7, []])):
-            writer.write(_frame([i + 1, BATCH, bad]))
-            msg_id, status, error = await frame()
-            assert (msg_id, status, error[0]) == (i + 1, 1, "invalid_request")
-        writer.write(_frame([9, BATCH, ["echo", [1, 2]]]))
-        assert await frame() == [9, 0, [[0, ["raw", 1]], [0, ["raw", 2]]]]
-        writer.close()
-    finally:
-        await server.stop()
-
-
-async def _closed(reader: asyncio.StreamReader, timeout: float = 5) -> bool:
-    """Whether the server closes the connection (within `timeout`) without answering."""
-    try:
-        return await asyncio.wait_for(reader.read(), timeout) == b""
-    except ConnectionResetError:
-        return True
-
-
-async def test_before_the_hello_a_connection_is_held_to_little() -> None:
-    """The first frame is at most HELLO_MAX_FRAME, arrives within hello_timeout_s, and
-    at most max_unauthenticated connections wait for theirs; each refusal is counted."""
-    server = RpcServer(_echo, TOKEN, hello_timeout_s=0.5, max_unauthenticated=2)
-    port = free_port()
-    await server.start("127.0.0.1", port)
-    try:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(struct.pack(">I", HELLO_MAX_FRAME + 1) + b"\0" * 100)
-        assert await _closed(reader)
-        assert server.refused == 1
-        silent = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
-        await asyncio.sleep(0.05)
-        extra_reader, _ = await asyncio.open_connection("127.0.0.1", port)
-        assert await _closed(extra_reader, 0.4)  # beyond the limit: at once
-        for silent_reader, _ in silent:  # then the deadline closes the others
-            assert await _closed(silent_reader)
-        assert server.refused == 4 and not server.waiting
-        # a hello with a large frame behind it in the same write: both served
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        big = b"x" * (BATCH_BYTES // 2)
-        writer.write(_frame([0, "hello", [TOKEN, "peer"]]) + _frame([1, "echo", big]))
-        framer, got = _Framer(), []
-        while len(got) < 2:
-            got += framer.feed(await asyncio.wait_for(reader.read(65536), 5))
-        assert got == [[0, 0, ["ok", [BATCH]]], [1, 0, ["peer", big]]]
-        await asyncio.sleep(0.7)  # past the hello deadline: kept
-        writer.write(_frame([2, "echo", 1]))
-        assert framer.feed(await asyncio.wait_for(reader.read(65536), 5)) == [[2, 0, ["peer", 1]]]
-        assert server.refused == 4 and not server.waiting
-        writer.close()
-    finally:
-        await server.stop()
-
-
-async def test_nothing_after_a_bad_hello_is_served() -> None:
-    calls: list[Any] = []
-
-    async def record(method: str, args: Any, caller: str) -> Any:
-        calls.append(method)
-        return None
-
-    server = RpcServer(record, TOKEN)
-    port = free_port()
-    await server.start("127.0.0.1", port)
-    try:
-        for bad in ("", "wrong", None):
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            first = [1, "echo", []] if bad is None else [0, "hello", [bad, "x"]]
-            writer.write(
-                _frame(first) + _frame([0, "hello", [TOKEN, "x"]]) + _frame([1, "echo", []])
-            )
-            assert await _closed(reader)
-        assert calls == [] and server.refused == 3
-    finally:
         await server.stop()

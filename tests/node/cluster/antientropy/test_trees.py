@@ -1,26 +1,35 @@
-"""Saved Merkle trees (antientropy, "Saved trees"): a clean stop saves them, the next
-start loads them instead of scanning, and anything that may not match the data (a crash,
-another shape, Q or incarnation, a dropped partition) means a rebuild from the store."""
+"""antientropy.trees: the Merkle trees built in the background and kept current, and
+saved trees ("Saved trees"): a clean stop saves them, the next start loads them instead
+of scanning, and anything that may not match the data (a crash, another shape, Q or
+incarnation, a dropped partition) means a rebuild from the store."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
 import msgpack
 import pytest
 
-from dynamo_node.cluster import antientropy
-from dynamo_node.cluster.antientropy import SAVED_TREES_MARKER, AntiEntropy, _record_key
+from dynamo_node.cluster.antientropy import trees
+from dynamo_node.cluster.antientropy.trees import (
+    SAVED_TREES_MARKER,
+    SEGMENTS,
+    MerkleTrees,
+    _record_key,
+)
 from dynamo_node.core.codec import all_tombstones
 from dynamo_node.core.config import NodeConfig
+from dynamo_node.core.errors import InvalidRequest
 from dynamo_node.core.merkle import MerkleTree, item_digest
 from dynamo_node.core.vclock import VClock
-from dynamo_node.node import META_INCARNATION, Node
+from dynamo_node.node import Node
+from dynamo_node.store.identity import META_INCARNATION
 from dynamo_node.store.storage import Family, partition_keys, storage_key
 from dynamo_node.store.storage_rocks import RocksStorage
 from tests.harness import Cluster, wait_for
-from tests.node.cluster.test_coordinator import Net
+from tests.node.cluster.test_coordinator import Net, make_cluster
 from tests.node.test_membership_cluster import load
 
 pytestmark = pytest.mark.timeout(60)
@@ -93,22 +102,22 @@ def rebuilt(node: Node, p: int) -> tuple[MerkleTree, set[bytes]]:
             tombstones.add(skey)
     tree = MerkleTree.build(
         items,
-        segments=antientropy.SEGMENTS,
-        fanout=antientropy.FANOUT,
+        segments=trees.SEGMENTS,
+        fanout=trees.FANOUT,
         prefix_bits=Q.bit_length() - 1,
     )
     return tree, tombstones
 
 
 def assert_current(node: Node) -> None:
-    ae = node.anti_entropy
+    ae = node.anti_entropy.merkle
     for p in range(Q):
         tree, tombstones = rebuilt(node, p)
         mine = ae.tree(p)
         assert mine.shape == tree.shape
         assert mine.leaf_state() == tree.leaf_state(), p
         assert mine.root() == tree.root(), p
-        assert ae._tombstone_candidates(p) >= tombstones, p
+        assert ae.tombstone_candidates(p) >= tombstones, p
 
 
 async def loaded_cluster(path: Path) -> Node:
@@ -140,17 +149,17 @@ async def test_a_clean_stop_saves_the_trees_and_the_next_start_loads_them(
     await node.stop()
     node = open_node(tmp_path)
     try:
-        ae, storage = node.anti_entropy, storage_of(node)
+        ae, storage = node.anti_entropy.merkle, storage_of(node)
         assert ae.loaded == set(range(Q))
         assert storage.get(Family.META, SAVED_TREES_MARKER) is None  # gone before any write
         await node.start()
         for p in range(Q):
             ae.tree(p)
-            ae._tombstone_candidates(p)
+            ae.tombstone_candidates(p)
         # only the segments stale at the stop were read again: no partition scan
         assert 0 < storage.objects_read < KEYS // 10, storage.objects_read
         assert_current(node)
-        assert sum(len(ae._tombstone_candidates(p)) for p in range(Q)) == 10
+        assert sum(len(ae.tombstone_candidates(p)) for p in range(Q)) == 10
     finally:
         await node.stop()
 
@@ -185,7 +194,7 @@ async def test_writes_after_a_load_mark_their_segments_stale(tmp_path: Path) -> 
     node = open_node(tmp_path)
     try:
         await node.start()
-        ae = node.anti_entropy
+        ae = node.anti_entropy.merkle
         for p in range(Q):
             ae.tree(p)
         assert not ae._stale
@@ -245,7 +254,7 @@ async def test_saved_trees_of_another_shape_or_node_are_not_used(
     await node.stop()
     storage = RocksStorage(str(tmp_path))
     if change == "segments":  # the code's tree shape changed
-        monkeypatch.setattr(antientropy, "SEGMENTS", 2 * antientropy.SEGMENTS)
+        monkeypatch.setattr(trees, "SEGMENTS", 2 * trees.SEGMENTS)
     elif change == "partitions":  # saved under another Q
         _edit_marker(storage, partitions=2 * Q)
     elif change == "node":  # another node's directory
@@ -268,7 +277,7 @@ async def test_saved_trees_of_another_shape_or_node_are_not_used(
 
 async def test_no_save_after_a_failed_write(tmp_path: Path) -> None:
     node = await loaded_cluster(tmp_path)
-    ae: AntiEntropy = node.anti_entropy
+    ae: MerkleTrees = node.anti_entropy.merkle
     for hook in node.storage.flush_hooks:
         if getattr(hook, "__self__", None) is ae:
             hook(OSError("disk full"))  # what a failed grouped apply reports
@@ -276,6 +285,58 @@ async def test_no_save_after_a_failed_write(tmp_path: Path) -> None:
     node = open_node(tmp_path)
     try:
         assert node.anti_entropy.loaded == set()
+    finally:
+        await node.stop()
+
+
+# --- built in the background, kept current ---------------------------------------------
+async def test_trees_are_built_in_the_background_and_kept_current() -> None:
+    """With periodic rounds on, a node builds every partition's tree as soon as it has a
+    ring, so no exchange waits for a build; a write then marks its segment stale, and a
+    read of the tree rehashes the stale segments: the tree read equals a fresh build."""
+    _, (node,) = await make_cluster(1, anti_entropy_interval_s=3600.0)
+    try:
+        ae = node.anti_entropy.merkle
+        deadline = asyncio.get_running_loop().time() + 10
+        while len(ae.trees) < 16:
+            assert asyncio.get_running_loop().time() < deadline, "trees never built"
+            await asyncio.sleep(0.01)
+        assert set(ae.tombstones) == set(range(16))
+        for i in range(200):
+            await node.coordinator.put(storage_key(f"k{i}"), VClock(), b"v", "", 1, 1000)
+        gone = storage_key("k7")
+        await node.coordinator.put(gone, node.local.read(gone).context(), None, "", 1, 1000)
+        assert ae._stale  # writes only marked their segments
+        for p in list(ae.trees):
+            tree = ae.tree(p)  # rehashes the stale segments
+            root, size = tree.root(), len(tree)
+            del ae.trees[p], ae.tombstones[p]
+            rebuilt = ae.tree(p)  # a fresh scan
+            assert rebuilt.root() == root and len(rebuilt) == size
+        assert not ae._stale
+        assert sum(len(ae.tree(p)) for p in ae.trees) == 200
+        assert any(gone in known for known in ae.tombstones.values())
+    finally:
+        await node.stop()
+
+
+async def test_segment_items_read_only_the_ranges_of_their_segments() -> None:
+    _, (node,) = await make_cluster(1, anti_entropy_interval_s=0.0)
+    try:
+        for i in range(500):
+            await node.coordinator.put(storage_key(f"k{i}"), VClock(), b"v", "", 1, 1000)
+        ae = node.anti_entropy.merkle
+        tree = ae.tree(3)
+        every = ae.segment_items(3, set(range(SEGMENTS)))
+        assert len(every) == len(tree) > 0
+        wanted = {tree.segment_of(k) for k in list(every)[:5]} | {
+            tree.segment_of(k) + 1 for k in list(every)[5:7]
+        }
+        wanted &= set(range(SEGMENTS))
+        some = ae.segment_items(3, wanted)
+        assert some == {k: d for k, d in every.items() if tree.segment_of(k) in wanted}
+        with pytest.raises(InvalidRequest):
+            ae.segment_items(3, {SEGMENTS})
     finally:
         await node.stop()
 

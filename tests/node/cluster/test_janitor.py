@@ -1,4 +1,4 @@
-"""The janitor (handoff.Handoff.drop_foreign_partitions): a node drops the partitions it
+"""The janitor (janitor.Janitor.drop_foreign_partitions): a node drops the partitions it
 no longer replicates with one range delete each, never scans them again, yields to the
 loop between partitions, and drops nothing while a plan is in progress."""
 
@@ -91,7 +91,7 @@ def make_node(storage: Any, node_id: str = "m3") -> Node:
     config = NodeConfig(data_dir="", port=7003, node_id=node_id, partitions=Q)
     registry: dict[str, Handler] = {}
     node = Node(config, storage, lambda n: MemoryTransport(n.node_id, registry), serve_peers=False)
-    node.state = settled_state()
+    node.view.state = settled_state()
     return node
 
 
@@ -139,13 +139,13 @@ async def test_drops_exactly_the_partitions_it_no_longer_replicates(backend: Sto
     assert 0 < len(gone) < Q
     for p in range(Q):
         assert held(backend, p) == len(keys[p])
-    assert await node.handoff.drop_foreign_partitions() == len(gone)
+    assert await node.janitor.drop_foreign_partitions() == len(gone)
     for p in range(Q):
         assert held(backend, p) == (0 if p in gone else len(keys[p])), p
         for skey in keys[p][:5]:  # never served from a cache either
             found = node.replica.read_encoded(skey)
             assert (found is None) if p in gone else (found is not None)
-    assert node.handoff.partitions_dropped == len(gone)
+    assert node.janitor.partitions_dropped == len(gone)
 
 
 async def test_a_dropped_partition_is_never_scanned_again() -> None:
@@ -153,12 +153,12 @@ async def test_a_dropped_partition_is_never_scanned_again() -> None:
     node = make_node(storage)
     fill(node)
     gone = foreign(node)
-    await node.handoff.drop_foreign_partitions()
+    await node.janitor.drop_foreign_partitions()
     first_scans, first_deletes = len(storage.scans), len(storage.range_deletes)
     storage.scans.clear()
     storage.range_deletes.clear()
     for _ in range(5):  # later passes: no scan, no delete
-        await node.handoff.drop_foreign_partitions()
+        await node.janitor.drop_foreign_partitions()
     assert storage.scans == [] and storage.range_deletes == []
     assert first_deletes == len(gone)
     assert first_scans == len(gone)  # one probe each, before its range delete
@@ -168,14 +168,14 @@ async def test_a_write_into_a_dropped_partition_is_dropped_again() -> None:
     storage = Counting(MemoryStorage())
     node = make_node(storage)
     keys = fill(node)
-    await node.handoff.drop_foreign_partitions()
+    await node.janitor.drop_foreign_partitions()
     p = foreign(node)[0]
     storage.scans.clear()
     # a coordinator with an older ring still writes here
     node.replica.apply_put(keys[p][0], VClock(), b"stray", "text/plain")
     assert held(storage.inner, p) == 1
     storage.scans.clear()
-    assert await node.handoff.drop_foreign_partitions() == 1
+    assert await node.janitor.drop_foreign_partitions() == 1
     assert held(storage.inner, p) == 0
     assert storage.scans == [partition_keys(p, Q)]  # only that partition looked at
 
@@ -184,17 +184,17 @@ async def test_a_new_ring_probes_each_foreign_partition_once() -> None:
     storage = Counting(MemoryStorage())
     node = make_node(storage)
     fill(node)
-    await node.handoff.drop_foreign_partitions()
+    await node.janitor.drop_foreign_partitions()
     state = node.require_state()
-    node.state = ClusterState(
+    node.view.state = ClusterState(
         state.cluster, state.n, state.ring.with_version(state.version + 1), state.members
     )
     storage.scans.clear()
     storage.range_deletes.clear()
-    assert await node.handoff.drop_foreign_partitions() == 0  # all empty already
+    assert await node.janitor.drop_foreign_partitions() == 0  # all empty already
     assert len(storage.scans) == len(foreign(node)) and storage.range_deletes == []
     storage.scans.clear()
-    assert await node.handoff.drop_foreign_partitions() == 0
+    assert await node.janitor.drop_foreign_partitions() == 0
     assert storage.scans == []
 
 
@@ -217,7 +217,7 @@ async def test_the_loop_runs_between_partitions() -> None:
     tick = asyncio.create_task(ticker())
     await asyncio.sleep(0)
     try:
-        dropped = await node.handoff.drop_foreign_partitions()
+        dropped = await node.janitor.drop_foreign_partitions()
     finally:
         done = True
         await tick
@@ -232,18 +232,18 @@ async def test_nothing_is_dropped_while_a_plan_is_in_progress() -> None:
     state = node.require_state()
     moving = commit(state, plan(state, [], ["m0"]), "m0")
     assert moving.next is not None and moving.pending_transfers()
-    node.state = moving
-    assert await node.handoff.drop_foreign_partitions() == 0
+    node.view.state = moving
+    assert await node.janitor.drop_foreign_partitions() == 0
     assert storage.range_deletes == [] and storage.scans == []
     # nor on a node that is not a member at all
     members = {k: v for k, v in state.members.items() if k != "m3"}
-    node.state = ClusterState(state.cluster, state.n, state.ring, members)
-    assert await node.handoff.drop_foreign_partitions() == 0
+    node.view.state = ClusterState(state.cluster, state.n, state.ring, members)
+    assert await node.janitor.drop_foreign_partitions() == 0
     assert storage.range_deletes == []
     # a plan committed in the middle of a pass stops it at the next partition
-    node.state = state
-    storage.on_delete_range = lambda: setattr(node, "state", moving)
-    assert await node.handoff.drop_foreign_partitions() == 1
+    node.view.state = state
+    storage.on_delete_range = lambda: setattr(node.view, "state", moving)
+    assert await node.janitor.drop_foreign_partitions() == 1
     assert len(storage.range_deletes) == 1
     left = [p for p in foreign(node) if held(storage.inner, p)]
     assert sum(len(keys[p]) for p in left) == sum(held(storage.inner, p) for p in left) > 0
@@ -255,7 +255,7 @@ async def test_a_dropped_partitions_merkle_tree_is_discarded() -> None:
     p = foreign(node)[0]
     full = node.anti_entropy.tree(p).root()  # built over its data
     assert p in node.anti_entropy.trees and p in node.anti_entropy.tombstones
-    await node.handoff.drop_foreign_partitions()
+    await node.janitor.drop_foreign_partitions()
     assert p not in node.anti_entropy.trees and p not in node.anti_entropy.tombstones
     rebuilt = node.anti_entropy.tree(p).root()  # from the store: nothing left
     assert rebuilt != full
@@ -268,7 +268,7 @@ async def test_rocks_compacts_the_dropped_ranges_in_the_background(tmp_path: Pat
         node = make_node(storage)
         fill(node, 3000)
         storage._db.flush()  # the data in tables, as after a while
-        assert await node.handoff.drop_foreign_partitions() == len(foreign(node))
+        assert await node.janitor.drop_foreign_partitions() == len(foreign(node))
         for _ in range(200):
             if storage.range_compactions:
                 break
